@@ -1,0 +1,1 @@
+"""Inference backends behind one small protocol. They know nothing of queues or HTTP."""

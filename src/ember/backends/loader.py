@@ -1,0 +1,51 @@
+"""Choose and build a backend for a model from the settings, importing only what it needs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ember.backends.base import Backend
+from ember.models import ModelSpec
+from ember.settings import Settings
+
+log = logging.getLogger("ember.backends")
+
+
+def cuda_present() -> bool:
+    """Whether an NVIDIA driver is loaded, without importing torch (cheap on CPU hosts)."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+
+
+def resolve_device(settings: Settings) -> str:
+    if settings.device != "auto":
+        return settings.device
+    if cuda_present() and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != "":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is not None:
+            return "cuda"
+    return "cpu"
+
+
+def resolve_backend(settings: Settings, device: str, spec: ModelSpec) -> str:
+    if spec.onnx_artifact:
+        return "onnx"
+    if settings.backend != "auto":
+        return settings.backend
+    return "torch" if device == "cuda" else "onnx"
+
+
+def create_backend(spec: ModelSpec, settings: Settings) -> Backend:
+    device = resolve_device(settings)
+    name = resolve_backend(settings, device, spec)
+    if name == "onnx":
+        from ember.backends.onnx_backend import OnnxBackend
+
+        return OnnxBackend.for_model(spec=spec, settings=settings, device=device)
+    from ember.backends.torch_backend import TorchBackend
+
+    return TorchBackend(
+        spec=spec, device=device, dtype=settings.dtype, threads=settings.intra_op_threads()
+    )

@@ -1,0 +1,106 @@
+"""Bucketing: the finite set of (rows, padded length) shapes a backend can ever receive.
+
+The batcher pads every batch to a bucket and the warm-up plan is `Buckets.shapes()`: both read
+the same object, so warm-up covers exactly what serving can execute.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+CPU_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Buckets:
+    seq: tuple[int, ...]
+    """Padded lengths, ascending; the last is the model's max length."""
+    rows: tuple[int, ...]
+    """Row counts, ascending; the last is the most rows in a batch."""
+    max_tokens: int
+    """Most padded tokens (rows x length) in a batch; one row of max length always fits."""
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        max_length: int,
+        seq_buckets: Sequence[int],
+        row_buckets: Sequence[int],
+        max_tokens: int,
+        max_rows: int,
+        gpu: bool = False,
+    ) -> Buckets:
+        seq = sorted({b for b in seq_buckets if b < max_length} | {max_length})
+        if row_buckets:
+            rows = sorted({r for r in row_buckets if r < max_rows} | {max_rows})
+        elif gpu:
+            rows = sorted({1 << i for i in range(max_rows.bit_length()) if 1 << i < max_rows})
+            rows.append(max_rows)
+        else:
+            rows = sorted({r for r in CPU_ROWS if r < max_rows} | {max_rows})
+        return cls(seq=tuple(seq), rows=tuple(rows), max_tokens=max(max_tokens, max_length))
+
+    @property
+    def max_length(self) -> int:
+        return self.seq[-1]
+
+    def seq_for(self, length: int) -> int:
+        """The padded length for an input of `length` tokens (≤ max_length)."""
+        i = bisect_left(self.seq, length)
+        if i == len(self.seq):
+            raise ValueError(f"length {length} is over the max length {self.max_length}")
+        return self.seq[i]
+
+    def rows_for(self, count: int) -> int:
+        i = bisect_left(self.rows, count)
+        if i == len(self.rows):
+            raise ValueError(f"{count} rows are over the most rows {self.rows[-1]}")
+        return self.rows[i]
+
+    def fits(self, rows: int, seq: int) -> bool:
+        """Whether `rows` real rows padded to `seq` make an allowed batch."""
+        if rows > self.rows[-1]:
+            return False
+        return rows == 1 or self.rows_for(rows) * seq <= self.max_tokens
+
+    def max_rows_at(self, seq: int) -> int:
+        """Most real rows a batch padded to `seq` may hold."""
+        best = 1
+        for r in self.rows:
+            if r * seq <= self.max_tokens:
+                best = r
+        return best
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """Every (rows, seq) shape a batch can have, largest first."""
+        out = [
+            (r, s) for s in self.seq for r in self.rows if r == 1 or r * s <= self.max_tokens
+        ]
+        return sorted(out, key=lambda shape: (shape[0] * shape[1], shape[1]), reverse=True)
+
+
+def plan_batches(lengths: Sequence[int], buckets: Buckets) -> list[list[int]]:
+    """Group inputs (by token length) into batches; returns indices into `lengths`.
+
+    Inputs of one length bucket go together, longest bucket first, each batch as full as the
+    token budget allows; inputs of different buckets are never padded together, since on
+    compute-bound hardware padding costs as much as real tokens.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_seq = 0
+    for i in order:
+        seq = buckets.seq_for(lengths[i])
+        if current and (seq != current_seq or not buckets.fits(len(current) + 1, current_seq)):
+            batches.append(current)
+            current = []
+        if not current:
+            current_seq = seq
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,178 @@
+"""All served models, their shared lifecycle and the order they load and warm in."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ember import metrics
+from ember.backends.base import Backend
+from ember.engine.model import ModelEngine
+from ember.errors import EmberError, InvalidInput, NotReady, UnknownModel, WrongTask
+from ember.lifecycle import Lifecycle, Stage
+from ember.models import ModelSpec, Task, inspect_model, parse_model_arg
+from ember.settings import Settings
+
+log = logging.getLogger("ember.engine")
+
+BackendFactory = Callable[[ModelSpec, Settings], Backend]
+WarmHook = Callable[["Engines"], Awaitable[float]]
+
+
+def _default_factory(spec: ModelSpec, settings: Settings) -> Backend:
+    from ember.backends.loader import create_backend
+
+    return create_backend(spec, settings)
+
+
+def resolve_specs(settings: Settings) -> list[ModelSpec]:
+    """Inspect every `--model` (or the built-in) and check that served names are unique."""
+    args = settings.model or ["builtin"]
+    specs: list[ModelSpec] = []
+    for arg in args:
+        name, source = parse_model_arg(arg)
+        if name is None and len(args) == 1:
+            name = settings.served_model_name
+        specs.append(
+            inspect_model(
+                source,
+                name=name,
+                pooling=settings.pooling,
+                max_input_length=settings.max_input_length,
+            )
+        )
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidInput(f"served model names must be unique: {', '.join(duplicates)}")
+    return specs
+
+
+class Engines:
+    """The models of one server process. Loading runs in the background; routes read stages."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend_factory: BackendFactory | None = None,
+        gpu: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.lifecycle = Lifecycle(name="server")
+        self.models: list[ModelEngine] = []
+        self._factory = backend_factory or _default_factory
+        self._gpu = gpu
+        self.http_warm_hook: WarmHook | None = None
+        self.ready_seconds: float | None = None
+
+    @property
+    def stage(self) -> Stage:
+        return self.lifecycle.stage
+
+    @property
+    def ready(self) -> bool:
+        return self.lifecycle.stage is Stage.READY
+
+    async def start(self) -> None:
+        """starting → loading → warming → ready, or failed with the error. Never raises."""
+        loop = asyncio.get_running_loop()
+        self.lifecycle.to(Stage.LOADING)
+        current: ModelEngine | None = None
+        try:
+            specs = await loop.run_in_executor(None, resolve_specs, self.settings)
+            gpu = self._gpu
+            if gpu is None:
+                from ember.backends.loader import resolve_device
+
+                gpu = resolve_device(self.settings) == "cuda"
+            self.models = [ModelEngine(spec=s, settings=self.settings, gpu=gpu) for s in specs]
+            metrics.prime((m.spec.name, m.task.value) for m in self.models)
+            for model in self.models:
+                current = model
+                model.lifecycle.to(Stage.LOADING)
+                await loop.run_in_executor(None, model.load, self._factory)
+                model.start()
+            if self.lifecycle.stage is Stage.DRAINING:
+                return
+            self.lifecycle.to(Stage.WARMING)
+            for model in self.models:
+                current = model
+                if self.settings.warmup:
+                    model.lifecycle.to(Stage.WARMING)
+                    await model.warm_up()
+                model.lifecycle.to(Stage.READY)
+            current = None
+            if self.settings.warmup and self.http_warm_hook is not None:
+                seconds = await self.http_warm_hook(self)
+                for model in self.models:
+                    if model.warmup_report is not None:
+                        model.warmup_report.http_seconds = seconds
+        except Exception as exc:
+            message = exc.message if isinstance(exc, EmberError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, EmberError):
+                log.exception("loading failed")
+            if current is not None:
+                message = f"{current.spec.name}: {message}"
+                current.lifecycle.to(Stage.FAILED, error=message)
+            self.lifecycle.to(Stage.FAILED, error=message)
+            return
+        self.ready_seconds = self.lifecycle.since_start
+        self.lifecycle.to(Stage.READY)
+
+    def drain(self) -> None:
+        self.lifecycle.to(Stage.DRAINING)
+        for model in self.models:
+            model.lifecycle.to(Stage.DRAINING)
+
+    async def stop(self) -> None:
+        for model in self.models:
+            await model.stop()
+
+    def in_flight(self) -> int:
+        return sum(m.batcher.queued_inputs for m in self.models if m.batcher is not None)
+
+    def select(self, task: Task, name: str | None = None) -> ModelEngine:
+        """The model for a request: by `name`, else the only model of `task`."""
+        if self.lifecycle.stage is Stage.DRAINING:
+            raise NotReady("the server is shutting down", retry_after=1)
+        if not self.models:
+            raise NotReady(f"the server is {self.lifecycle.stage.value}", retry_after=1)
+        if name:
+            for model in self.models:
+                if model.spec.name == name:
+                    return model
+            known = ", ".join(m.spec.name for m in self.models)
+            raise UnknownModel(f"model {name!r} is not served here; served: {known}")
+        of_task = [m for m in self.models if m.task is task]
+        if len(of_task) == 1:
+            return of_task[0]
+        if not of_task:
+            if len(self.models) == 1:
+                return self.models[0]  # `require` answers 424 naming the model's task
+            served = ", ".join(f"{m.spec.name} ({m.task.value})" for m in self.models)
+            raise WrongTask(f"no served model does {task.value}; served: {served}")
+        names = ", ".join(m.spec.name for m in of_task)
+        raise InvalidInput(f"several models do {task.value} ({names}); name one with `model`")
+
+    def first(self) -> ModelEngine | None:
+        return self.models[0] if self.models else None
+
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.lifecycle.stage.value}
+        if self.lifecycle.error:
+            out["error"] = self.lifecycle.error
+        out["models"] = [
+            {"name": m.spec.name, "task": m.task.value, **m.lifecycle.snapshot()}
+            for m in self.models
+        ]
+        out["uptime_seconds"] = round(self.lifecycle.since_start, 3)
+        return out
+
+    def timing(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in self.lifecycle.durations.items()} | {
+            "now": round(time.monotonic() - self.lifecycle.started_at, 4)
+        }

@@ -1,0 +1,104 @@
+"""HF `tokenizers` (Rust) around a model's tokenizer.json: truncation either side, no padding.
+
+Padding happens in the batcher, to the batch's bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tokenizers import Encoding, Tokenizer
+
+from ember.errors import InvalidInput, ModelError
+
+Item = str | tuple[str, str]
+Direction = Literal["right", "left"]
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    ids: list[int]
+    type_ids: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+class TextTokenizer:
+    """Encodes texts or (text, text) pairs to at most `max_length` tokens."""
+
+    def __init__(self, *, path: Path, max_length: int) -> None:
+        try:
+            base = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise ModelError(f"{path} is not a readable tokenizer: {exc}") from exc
+        self.max_length = max_length
+        self._by_direction: dict[str, Tokenizer] = {}
+        for direction in ("right", "left"):
+            tok = Tokenizer.from_str(base.to_str())
+            tok.no_padding()
+            tok.enable_truncation(max_length, direction=direction)
+            self._by_direction[direction] = tok
+        self._plain = Tokenizer.from_str(base.to_str())
+        self._plain.no_padding()
+        self._plain.no_truncation()
+        self.pad_id = self._pad_id(base)
+
+    @staticmethod
+    def _pad_id(tok: Tokenizer) -> int:
+        padding = tok.padding
+        if padding and "pad_id" in padding:
+            return int(padding["pad_id"])
+        for token in ("[PAD]", "<pad>", "<|endoftext|>"):
+            found = tok.token_to_id(token)
+            if found is not None:
+                return found
+        return 0
+
+    def encode(
+        self, items: list[Item], *, truncate: bool = True, direction: Direction = "right"
+    ) -> list[Encoded]:
+        """Encode; with `truncate` off, an input over the max length is a validation error."""
+        tok = self._by_direction[direction]
+        encodings: list[Encoding] = tok.encode_batch(items, add_special_tokens=True)
+        out: list[Encoded] = []
+        for index, enc in enumerate(encodings):
+            if not truncate and enc.overflowing:
+                raise InvalidInput(
+                    f"input {index} is longer than the model's {self.max_length} tokens; "
+                    "shorten it or send `truncate: true`"
+                )
+            out.append(Encoded(ids=enc.ids, type_ids=enc.type_ids))
+        return out
+
+    def tokenize(self, items: list[Item], *, add_special_tokens: bool = True) -> list[Encoding]:
+        """Full tokenisation (offsets, tokens) for `/tokenize`, truncated at the max length."""
+        encodings: list[Encoding] = self._by_direction["right"].encode_batch(
+            items, add_special_tokens=add_special_tokens
+        )
+        return encodings
+
+    def count(self, text: str) -> int:
+        return len(self._plain.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._plain.decode(ids)
+
+    def text_of_length(self, tokens: int, *, seed: str, pair: bool = False) -> Item:
+        """A text (or pair) that encodes to exactly `tokens` tokens, for warm-up."""
+        special = len(self._plain.encode("", add_special_tokens=True).ids)
+        if pair:
+            special = len(self._plain.encode("", "", add_special_tokens=True).ids)
+        need = max(tokens - special, 0)
+        words = (seed + " ") * (need // 4 + 8)
+        ids = self._plain.encode(words, add_special_tokens=False).ids
+        while len(ids) < need:
+            words += words
+            ids = self._plain.encode(words, add_special_tokens=False).ids
+        if pair:
+            half = need // 2
+            return (self.decode(ids[:half]), self.decode(ids[half:need]))
+        return self.decode(ids[:need])

@@ -1,0 +1,48 @@
+"""The warm-up plan (the bucket shape set) and its report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ember.engine.buckets import Buckets
+
+
+@dataclass(kw_only=True)
+class ShapeRun:
+    rows: int
+    seq: int
+    seconds: list[float] = field(default_factory=list)
+    """One entry per round."""
+
+
+@dataclass(kw_only=True)
+class WarmupReport:
+    model: str
+    task: str
+    rounds: int
+    plan: str
+    """`full`: every shape of the bucket set ran."""
+    shapes: list[ShapeRun] = field(default_factory=list)
+    total_seconds: float = 0.0
+    http_seconds: float = 0.0
+    """Time of the requests sent through the HTTP app itself (routing, validation, JSON)."""
+    covered: bool = False
+    """Every shape of the bucket set ran and the batcher emitted nothing else."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["shape_count"] = len(self.shapes)
+        out["shapes"] = [
+            {"rows": s.rows, "seq": s.seq, "seconds": [round(x, 5) for x in s.seconds]}
+            for s in self.shapes
+        ]
+        out["total_seconds"] = round(self.total_seconds, 4)
+        out["http_seconds"] = round(self.http_seconds, 4)
+        return out
+
+
+def plan_shapes(buckets: Buckets) -> list[tuple[int, int]]:
+    """Every shape the batcher can emit, largest first (so memory peaks first: an
+    out-of-memory surfaces at startup, and the allocator is grown once)."""
+    return buckets.shapes()

@@ -1,0 +1,1 @@
+"""The HTTP layer: schemas, routes and the one error table. Imports engine, never the reverse."""

