@@ -54,7 +54,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, skip: Sequence[st
 
 
 def settings_from(namespace: argparse.Namespace, *, skip: Sequence[str] = ()) -> Settings:
-    given = {k: v for k, v in vars(namespace).items() if k in Settings.model_fields and k not in skip}
+    given = {
+        k: v for k, v in vars(namespace).items() if k in Settings.model_fields and k not in skip
+    }
     for key in ("seq_buckets", "row_buckets", "cors_origins"):
         if key in given:
             given[key] = [part for value in given[key] for part in str(value).split(",") if part]
@@ -80,15 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
     prepare = sub.add_parser("prepare", help="export and optimise a model to ONNX, once, cached")
-    prepare.add_argument("source", nargs="?", default="builtin", help="model folder, cached id or builtin")
+    prepare.add_argument(
+        "source", nargs="?", default="builtin", help="model folder, cached id or builtin"
+    )
     prepare.add_argument("--out", default=None, help="artifact folder (default: the cache)")
-    prepare.add_argument("--optimize", type=int, default=None, choices=[0, 1, 2, 99],
-                         help="ONNX Runtime graph optimisation level for the saved graph")
+    prepare.add_argument(
+        "--optimize",
+        type=int,
+        default=None,
+        choices=[0, 1, 2, 99],
+        help="ONNX Runtime graph optimisation level for the saved graph",
+    )
     prepare.add_argument("--force", action="store_true", help="prepare again even if cached")
     add_settings_arguments(prepare, skip=("model",))
 
     sub.add_parser("bench", help="startup and load benchmarks (ember bench --help)", add_help=False)
-    sub.add_parser("deploy", help="render deployment manifests (ember deploy --help)", add_help=False)
+    sub.add_parser(
+        "deploy", help="render deployment manifests (ember deploy --help)", add_help=False
+    )
     return parser
 
 

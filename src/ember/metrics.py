@@ -25,7 +25,9 @@ TASKS = ("embed", "rerank", "classify")
 PHASES = ("queue", "tokenize", "inference", "total")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-STAGE = Gauge("ember_stage", "1 for the model's current stage, 0 for the others", ["model", "stage"])
+STAGE = Gauge(
+    "ember_stage", "1 for the model's current stage, 0 for the others", ["model", "stage"]
+)
 STAGE_SECONDS = Gauge(
     "ember_stage_seconds", "Seconds the model spent in a finished stage", ["model", "stage"]
 )

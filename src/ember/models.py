@@ -148,7 +148,9 @@ def _detect_task(path: Path, config: dict[str, Any]) -> tuple[Task, tuple[str, .
     if is_cross_encoder or any(a.endswith(_CLASSIFY_SUFFIXES) for a in architectures):
         id2label = config.get("id2label") or {}
         num_labels = int(config.get("num_labels", len(id2label) or 2))
-        labels = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels))  # type: ignore[call-overload]
+        labels = tuple(
+            str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels)
+        )
         if num_labels == 1 or is_cross_encoder:
             return Task.RERANK, labels
         return Task.CLASSIFY, labels
@@ -178,7 +180,9 @@ def _sentence_transformers_layout(path: Path) -> tuple[str | None, bool, int | N
                 pooling = "max"
             elif cfg.get("pooling_mode_lasttoken"):
                 pooling = "lasttoken"
-            elif cfg.get("pooling_mode_mean_tokens") or cfg.get("pooling_mode_mean_sqrt_len_tokens"):
+            elif cfg.get("pooling_mode_mean_tokens") or cfg.get(
+                "pooling_mode_mean_sqrt_len_tokens"
+            ):
                 if cfg.get("pooling_mode_mean_sqrt_len_tokens"):
                     raise ModelError(f"{path}: mean_sqrt_len pooling is not supported")
                 pooling = "mean"

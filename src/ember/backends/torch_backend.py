@@ -36,9 +36,7 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
-def pool(
-    hidden: torch.Tensor, mask: torch.Tensor, method: str
-) -> torch.Tensor:
+def pool(hidden: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
     """Sentence-transformers' pooling over the real (mask=1) tokens."""
     import torch
 

@@ -8,6 +8,7 @@ Inputs of one request may land in several batches; the request resolves when all
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -85,10 +86,8 @@ class Batcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -126,9 +125,7 @@ class Batcher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                items = [
-                    item for item in self._take_all() if not item[0].future.done()
-                ]
+                items = [item for item in self._take_all() if not item[0].future.done()]
                 lengths = [req.encoded[i].length for req, i in items]
                 for indices in plan_batches(lengths, self.buckets):
                     group = [items[i] for i in indices if not items[i][0].future.done()]

@@ -76,9 +76,7 @@ class Buckets:
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every (rows, seq) shape a batch can have, largest first."""
-        out = [
-            (r, s) for s in self.seq for r in self.rows if r == 1 or r * s <= self.max_tokens
-        ]
+        out = [(r, s) for s in self.seq for r in self.rows if r == 1 or r * s <= self.max_tokens]
         return sorted(out, key=lambda shape: (shape[0] * shape[1], shape[1]), reverse=True)
 
 

@@ -71,7 +71,9 @@ class ModelEngine:
     def load(self, backend_factory: Any) -> None:
         """Blocking: read the tokenizer and weights. Called off the event loop."""
         started = time.perf_counter()
-        self.tokenizer = TextTokenizer(path=self.spec.tokenizer_file, max_length=self.spec.max_length)
+        self.tokenizer = TextTokenizer(
+            path=self.spec.tokenizer_file, max_length=self.spec.max_length
+        )
         self.backend = backend_factory(self.spec, self.settings)
         self.load_seconds = time.perf_counter() - started
         metrics.LOAD_SECONDS.labels(model=self.spec.name).set(self.load_seconds)
@@ -226,7 +228,11 @@ class ModelEngine:
         if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
-        return Result(rows=vectors.astype(np.float32, copy=False), tokens=result.tokens, timings=result.timings)
+        return Result(
+            rows=vectors.astype(np.float32, copy=False),
+            tokens=result.tokens,
+            timings=result.timings,
+        )
 
     async def rerank(
         self,
@@ -243,7 +249,7 @@ class ModelEngine:
         )
         scores = result.rows[:, :1]
         if not raw_scores:
-            scores = 1.0 / (1.0 + np.exp(-scores))
+            scores = (1.0 / (1.0 + np.exp(-scores))).astype(np.float32)
         return Result(rows=scores.astype(np.float32), tokens=result.tokens, timings=result.timings)
 
     async def classify(
@@ -259,7 +265,7 @@ class ModelEngine:
         logits = result.rows
         if not raw_scores:
             shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            logits = shifted / shifted.sum(axis=1, keepdims=True)
+            logits = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
         return Result(rows=logits.astype(np.float32), tokens=result.tokens, timings=result.timings)
 
     def _truncate(self, truncate: bool | None) -> bool:

@@ -1,0 +1,204 @@
+"""`create_app(settings)`: the FastAPI app, its lifespan and the HTTP part of warm-up.
+
+Nothing is built at import time. The lifespan starts loading in the background and returns at
+once, so the port opens while the model loads: `/health` answers "alive" from the first moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message
+
+from ember import __version__
+from ember.engine.registry import BackendFactory, Engines
+from ember.http import errors
+from ember.http.middleware import EmberMiddleware, InFlight
+from ember.http.routes import build_router
+from ember.models import Task
+from ember.settings import Settings
+
+log = logging.getLogger("ember.http")
+
+
+class AppState:
+    """What the server process owns, reached through typed attributes (not `app.state`)."""
+
+    def __init__(self, *, settings: Settings, engines: Engines) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.in_flight = InFlight()
+        self.load_task: asyncio.Task[None] | None = None
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engines: Engines | None = None,
+    backend_factory: BackendFactory | None = None,
+) -> FastAPI:
+    engines = engines or Engines(settings, backend_factory=backend_factory)
+    state = AppState(settings=settings, engines=engines)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engines.http_warm_hook = lambda e: warm_http(app, e)
+        state.load_task = asyncio.create_task(_load(state), name="load")
+        try:
+            yield
+        finally:
+            engines.drain()
+            if state.load_task is not None and not state.load_task.done():
+                state.load_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await state.load_task
+            await engines.stop()
+
+    app = FastAPI(
+        title="ember",
+        version=__version__,
+        summary="Text embeddings, rerank and classification; warm before ready.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.include_router(build_router(engines, settings))
+    errors.install(app)
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=True)
+    async def metrics_route() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(
+        EmberMiddleware,
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        metrics_public=settings.metrics_public,
+        payload_limit=settings.payload_limit,
+        in_flight=state.in_flight,
+    )
+    app.state.ember = state
+    return app
+
+
+def app_state(app: FastAPI) -> AppState:
+    state = app.state.ember
+    assert isinstance(state, AppState)
+    return state
+
+
+async def _load(state: AppState) -> None:
+    await state.engines.start()
+    if state.engines.lifecycle.error and state.settings.exit_on_failure:
+        log.error("exiting: --exit-on-failure is set and loading failed")
+        # Flush logs, then leave with status 1 so a supervisor restarts the process.
+        logging.shutdown()
+        os._exit(1)
+
+
+_WARM_TEXTS = {
+    "short": "warm",
+    "medium": " ".join(["the quick brown fox jumps over the lazy dog"] * 5),
+}
+
+
+async def warm_http(app: ASGIApp, engines: Engines) -> float:
+    """Send one small and one batched request per model through the ASGI app itself, so routing,
+    validation and JSON encoding are warm too. Returns the seconds spent."""
+    started = time.perf_counter()
+    for model in engines.models:
+        name = model.spec.name
+        texts = [_WARM_TEXTS["short"], *[_WARM_TEXTS["medium"]] * 7]
+        calls: list[tuple[str, dict[str, Any]]]
+        if model.task is Task.EMBED:
+            calls = [
+                ("/embed", {"inputs": texts[0], "model": name}),
+                ("/embed", {"inputs": texts, "model": name}),
+                ("/v1/embeddings", {"input": texts, "model": name}),
+                ("/v1/embeddings", {"input": texts[0], "model": name, "encoding_format": "base64"}),
+            ]
+        elif model.task is Task.RERANK:
+            calls = [
+                ("/rerank", {"query": texts[0], "texts": texts, "model": name}),
+                ("/v1/rerank", {"query": texts[0], "documents": texts, "model": name}),
+            ]
+        else:
+            calls = [
+                ("/predict", {"inputs": texts[0], "model": name}),
+                ("/predict", {"inputs": texts, "model": name}),
+            ]
+        for path, body in calls:
+            status = await _asgi_post(app, path, body, engines)
+            if status != 200:
+                raise RuntimeError(f"HTTP warm-up {path} for {name} answered {status}")
+    return time.perf_counter() - started
+
+
+async def _asgi_post(app: ASGIApp, path: str, body: dict[str, Any], engines: Engines) -> int:
+    payload = orjson.dumps(body)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    key = engines.settings.api_key
+    if key is not None:
+        headers.append((b"authorization", b"Bearer " + key.get_secret_value().encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 0),
+        "server": ("127.0.0.1", 0),
+        "state": {},
+    }
+    sent = False
+    status = 0
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+
+    await app(scope, receive, send)
+    return status
+
+
+def app_from_env() -> FastAPI:
+    """The factory the auto-reloader's worker calls: settings from `EMBER_*` variables."""
+    settings = Settings()
+    if "EMBER_WARMUP" not in os.environ:
+        settings.warmup = False
+    return create_app(settings)

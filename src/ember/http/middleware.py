@@ -1,0 +1,131 @@
+"""One pure-ASGI middleware: API key, body size limit, in-flight count and request metrics.
+
+Pure ASGI (not BaseHTTPMiddleware) so it adds microseconds, can refuse an oversized body from
+its Content-Length before reading it, and can stop reading a chunked one at the limit.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ember import metrics
+from ember.errors import ErrorKind
+from ember.http.errors import error_response
+
+OPEN_PATHS = frozenset({"/health", "/ready"})
+_ROUTE_TASK = {
+    "/embed": "embed",
+    "/v1/embeddings": "embed",
+    "/rerank": "rerank",
+    "/v1/rerank": "rerank",
+    "/predict": "classify",
+}
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive`; an HTTPException so FastAPI's body reader re-raises it as is."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the body is larger than the payload limit of {limit} bytes")
+
+
+@dataclass
+class InFlight:
+    """Requests between arrival and their last byte sent: drain waits for zero."""
+
+    count: int = 0
+
+
+class EmberMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        metrics_public: bool,
+        payload_limit: int,
+        in_flight: InFlight,
+        default_task: str = "embed",
+    ) -> None:
+        self.app = app
+        self._key = f"Bearer {api_key}".encode() if api_key else None
+        self._open = OPEN_PATHS | ({"/metrics"} if metrics_public else set())
+        self._limit = payload_limit
+        self._in_flight = in_flight
+        self.default_task = default_task
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if self._key is not None and path not in self._open and not self._authorized(scope):
+            await error_response(
+                path,
+                ErrorKind.UNAUTHORIZED,
+                "a valid API key is required: Authorization: Bearer KEY",
+            )(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self._limit:
+                    await self._too_large(scope, receive, send)
+                    return
+                break
+        track = path in _ROUTE_TASK or path in ("/", "/tokenize")
+        status = 500
+        started = False
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self._limit:
+                    raise _BodyTooLarge(self._limit)
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started = True
+            await send(message)
+
+        self._in_flight.count += 1
+        try:
+            await self.app(scope, limited_receive, send_wrapper)
+        except _BodyTooLarge:
+            status = 413
+            if not started:
+                await self._too_large(scope, receive, send)
+        finally:
+            self._in_flight.count -= 1
+            if track:
+                task = _ROUTE_TASK.get(path, self.default_task)
+                metrics.REQUESTS.labels(route=path, task=task, status=str(status)).inc()
+
+    def _authorized(self, scope: Scope) -> bool:
+        assert self._key is not None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self._key)
+        return False
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            scope["path"],
+            ErrorKind.TOO_LARGE,
+            f"the body is larger than the payload limit of {self._limit} bytes",
+        )
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)

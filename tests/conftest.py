@@ -1,0 +1,64 @@
+"""Shared fixtures: the anyio backend, an in-process app with a fake or real backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from ember.engine.registry import BackendFactory
+from ember.http.app import app_state, create_app
+from ember.settings import Settings
+from tests.fakes import FakeFactory
+
+FAST = {
+    "max_batch_tokens": 512,
+    "max_batch_requests": 8,
+    "seq_buckets": [16, 64],
+    "max_input_length": 128,
+}
+"""Small buckets, so warm-up in tests takes milliseconds with a fake backend."""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def wait_stage(app: FastAPI, *stages: str, timeout: float = 60.0) -> str:
+    engines = app_state(app).engines
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while engines.stage.value not in stages:
+        if loop.time() > deadline:
+            raise AssertionError(f"stage stayed {engines.stage.value}, wanted {stages}")
+        await asyncio.sleep(0.01)
+    return engines.stage.value
+
+
+@asynccontextmanager
+async def running_app(
+    factory: BackendFactory | None = None, *, wait: bool = True, **overrides: Any
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app with its lifespan running, and a client on its ASGI transport."""
+    settings = Settings(**{**FAST, **overrides})
+    app = create_app(settings, backend_factory=factory)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ember") as client:
+            if wait:
+                await wait_stage(app, "ready", "failed")
+            yield app, client
+
+
+@pytest.fixture
+def fake_factory() -> FakeFactory:
+    return FakeFactory()
+
+
+AppMaker = Callable[..., Any]

@@ -1,0 +1,72 @@
+"""A fake backend for app-level tests: deterministic vectors, controllable delay and faults."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from ember.backends.base import Batch, FloatArray
+from ember.errors import ModelError
+from ember.models import ModelSpec, Task
+from ember.settings import Settings
+
+POISON = 7777
+"""A token id; a batch holding it raises inside the backend (a fault in one batch)."""
+
+
+class FakeBackend:
+    """Each row's vector is a function of its token ids, so results can be checked."""
+
+    name = "fake"
+
+    def __init__(self, spec: ModelSpec, *, delay: float = 0.0) -> None:
+        self.spec = spec
+        self.delay = delay
+        self.width = (spec.hidden_size or 8) if spec.task is Task.EMBED else max(len(spec.labels), 1)
+        self.batches: list[tuple[int, int]] = []
+        self.fail_next_shape: tuple[int, int] | None = None
+
+    def run(self, batch: Batch) -> FloatArray:
+        self.batches.append(batch.shape)
+        if self.delay:
+            time.sleep(self.delay)
+        if (batch.input_ids == POISON).any():
+            raise RuntimeError("secret internal detail: poisoned batch")
+        rows = batch.input_ids.shape[0]
+        out = np.zeros((rows, self.width), dtype=np.float32)
+        lengths = batch.attention_mask.sum(axis=1)
+        sums = (batch.input_ids * batch.attention_mask).sum(axis=1)
+        for j in range(self.width):
+            out[:, j] = np.sin(sums * (j + 1) * 0.001) + lengths * 0.01 * (j % 3)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": "cpu", "dtype": "float32", "threads": 1}
+
+    def close(self) -> None:
+        pass
+
+
+class FakeFactory:
+    """A backend factory whose load can be held (to observe the loading stage) or fail."""
+
+    def __init__(self, *, delay: float = 0.0, fail: str | None = None) -> None:
+        self.delay = delay
+        self.fail = fail
+        self.release = threading.Event()
+        self.release.set()
+        self.backends: list[FakeBackend] = []
+
+    def hold(self) -> None:
+        self.release.clear()
+
+    def __call__(self, spec: ModelSpec, settings: Settings) -> FakeBackend:
+        self.release.wait(timeout=30)
+        if self.fail:
+            raise ModelError(self.fail)
+        backend = FakeBackend(spec, delay=self.delay)
+        self.backends.append(backend)
+        return backend
