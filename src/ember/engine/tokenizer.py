@@ -27,6 +27,20 @@ class Encoded:
         return len(self.ids)
 
 
+def _explain(items: list[Item]) -> InvalidInput:
+    """Why the tokenizer refused a batch: text that cannot be UTF-8 (lone surrogates)."""
+    for index, item in enumerate(items):
+        for text in (item,) if isinstance(item, str) else item:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return InvalidInput(
+                    f"input {index} is not valid Unicode (a lone surrogate at character "
+                    f"{exc.start}); send UTF-8 text"
+                )
+    return InvalidInput("inputs must be texts or pairs of texts")
+
+
 class TextTokenizer:
     """Encodes texts or (text, text) pairs to at most `max_length` tokens."""
 
@@ -63,7 +77,10 @@ class TextTokenizer:
     ) -> list[Encoded]:
         """Encode; with `truncate` off, an input over the max length is a validation error."""
         tok = self._by_direction[direction]
-        encodings: list[Encoding] = tok.encode_batch(items, add_special_tokens=True)
+        try:
+            encodings: list[Encoding] = tok.encode_batch(items, add_special_tokens=True)
+        except TypeError:
+            raise _explain(items) from None
         out: list[Encoded] = []
         for index, enc in enumerate(encodings):
             if not truncate and enc.overflowing:

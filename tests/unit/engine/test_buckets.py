@@ -1,0 +1,80 @@
+"""The shape set is finite and the batcher never leaves it (the warm-up coverage proof)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ember.engine.buckets import Buckets, plan_batches
+from ember.engine.warmup import plan_shapes
+
+
+def make(max_length: int = 256, max_tokens: int = 4096, max_rows: int = 32, gpu: bool = False) -> Buckets:
+    return Buckets.build(
+        max_length=max_length,
+        seq_buckets=[16, 32, 64, 128, 256, 512],
+        row_buckets=[],
+        max_tokens=max_tokens,
+        max_rows=max_rows,
+        gpu=gpu,
+    )
+
+
+def test_seq_buckets_are_capped_at_the_model_max() -> None:
+    b = make(max_length=200)
+    assert b.seq == (16, 32, 64, 128, 200)
+    assert b.seq_for(1) == 16 and b.seq_for(17) == 32 and b.seq_for(200) == 200
+
+
+def test_one_max_length_row_always_fits() -> None:
+    b = make(max_length=512, max_tokens=100)
+    assert b.max_tokens == 512
+    assert (1, 512) in b.shapes()
+
+
+def test_gpu_rows_are_powers_of_two() -> None:
+    assert make(max_rows=256, gpu=True).rows == (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def test_shapes_respect_the_token_budget_and_come_largest_first() -> None:
+    b = make()
+    shapes = b.shapes()
+    assert all(r == 1 or r * s <= b.max_tokens for r, s in shapes)
+    sizes = [r * s for r, s in shapes]
+    assert sizes == sorted(sizes, reverse=True)
+    assert plan_shapes(b) == shapes
+
+
+lengths_strategy = st.lists(st.integers(min_value=1, max_value=256), min_size=1, max_size=300)
+bucket_strategy = st.builds(
+    make,
+    max_length=st.sampled_from([64, 128, 256, 512]),
+    max_tokens=st.sampled_from([256, 1024, 4096, 16384]),
+    max_rows=st.sampled_from([1, 8, 32, 256]),
+    gpu=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lengths=lengths_strategy, buckets=bucket_strategy)
+def test_every_emitted_shape_is_in_the_warmed_set(lengths: list[int], buckets: Buckets) -> None:
+    lengths = [min(n, buckets.max_length) for n in lengths]
+    warmed = set(plan_shapes(buckets))
+    batches = plan_batches(lengths, buckets)
+    seen: list[int] = []
+    for batch in batches:
+        seq = buckets.seq_for(max(lengths[i] for i in batch))
+        rows = buckets.rows_for(len(batch))
+        assert (rows, seq) in warmed
+        assert len(batch) <= buckets.rows[-1]
+        assert len(batch) == 1 or rows * seq <= buckets.max_tokens
+        seen.extend(batch)
+    assert sorted(seen) == list(range(len(lengths)))  # every input exactly once
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=lengths_strategy)
+def test_inputs_of_one_bucket_are_never_padded_with_longer_ones(lengths: list[int]) -> None:
+    b = make()
+    for batch in plan_batches(lengths, b):
+        assert len({b.seq_for(lengths[i]) for i in batch}) == 1
