@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     """Warm every shape before `/ready` says 200; off is for development only."""
     warmup_rounds: int = Field(default=1, ge=1)
     """Times each warm-up shape runs."""
+    warmup_plan: Literal["auto", "full", "cover"] = "auto"
+    """`full` runs every bucket shape; `cover` runs the largest shape, then one row and the most
+    rows at each length (enough on CPU, shown by `benchmarks/cold_shapes.py`); `auto`: `full` on
+    CUDA, `cover` on CPU."""
 
     # --- operations ------------------------------------------------------------------
     api_key: SecretStr | None = None

@@ -44,7 +44,7 @@ async def test_alive_but_not_ready_while_loading() -> None:
 
 async def test_warmup_ran_every_bucket_shape_before_ready() -> None:
     factory = FakeFactory()
-    async with running_app(factory) as (app, _client):
+    async with running_app(factory, warmup_plan="full") as (app, _client):
         model = app_state(app).engines.models[0]
         ran = set(factory.backends[0].batches)
         assert ran == set(model.buckets.shapes())
@@ -99,3 +99,14 @@ async def test_in_flight_requests_finish_during_drain() -> None:
         # Admitted before the drain: all answered; anything after: 503, never a 500.
         assert set(statuses) <= {200, 503}
         assert statuses.count(200) >= 1
+
+
+async def test_cover_plan_runs_both_ends_of_every_length() -> None:
+    factory = FakeFactory()
+    async with running_app(factory, warmup_plan="cover") as (app, client):
+        buckets = app_state(app).engines.models[0].buckets
+        ran = set(factory.backends[0].batches)
+        assert ran == {(1, s) for s in buckets.seq} | {(buckets.max_rows_at(s), s) for s in buckets.seq}
+        report = (await client.get("/ready")).json()["warmup"][0]
+        assert report["plan"] == "cover"
+        assert report["shape_set"] == len(buckets.shapes())

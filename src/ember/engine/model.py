@@ -100,11 +100,12 @@ class ModelEngine:
     async def warm_up(self) -> WarmupReport:
         """Run every bucket shape through tokenizer → batcher → backend; check each output."""
         assert self.tokenizer is not None and self.batcher is not None
-        shapes = plan_shapes(self.buckets)
+        plan = self.settings.warmup_plan
+        if plan == "auto":
+            plan = "full" if self.gpu else "cover"
+        shapes = plan_shapes(self.buckets, plan)
         rounds = self.settings.warmup_rounds
-        report = WarmupReport(
-            model=self.spec.name, task=self.task.value, rounds=rounds, plan="full"
-        )
+        report = WarmupReport(model=self.spec.name, task=self.task.value, rounds=rounds, plan=plan)
         pair = self.task is Task.RERANK
         started = time.perf_counter()
         self.batcher.shapes_run.clear()
@@ -128,6 +129,7 @@ class ModelEngine:
         report.total_seconds = time.perf_counter() - started
         emitted = set(self.batcher.shapes_run)
         report.covered = emitted == set(shapes)
+        report.shape_set = len(self.buckets.shapes())
         if not report.covered:
             missing = sorted(set(shapes) - emitted)
             extra = sorted(emitted - set(shapes))
@@ -249,7 +251,9 @@ class ModelEngine:
         )
         scores = result.rows[:, :1]
         if not raw_scores:
-            scores = (1.0 / (1.0 + np.exp(-scores))).astype(np.float32)
+            # exp(-x) overflows to inf below x ≈ -88 in float32: the score is then exactly 0.
+            with np.errstate(over="ignore"):
+                scores = (1.0 / (1.0 + np.exp(-scores))).astype(np.float32)
         return Result(rows=scores.astype(np.float32), tokens=result.tokens, timings=result.timings)
 
     async def classify(

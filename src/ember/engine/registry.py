@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -68,6 +70,8 @@ class Engines:
         self._gpu = gpu
         self.http_warm_hook: WarmHook | None = None
         self.ready_seconds: float | None = None
+        self._preload: concurrent.futures.Future[None] | None = None
+        self._loading: ModelEngine | None = None
 
     @property
     def stage(self) -> Stage:
@@ -77,13 +81,23 @@ class Engines:
     def ready(self) -> bool:
         return self.lifecycle.stage is Stage.READY
 
-    async def start(self) -> None:
-        """starting → loading → warming → ready, or failed with the error. Never raises."""
-        loop = asyncio.get_running_loop()
-        self.lifecycle.to(Stage.LOADING)
-        current: ModelEngine | None = None
+    def preload(self) -> concurrent.futures.Future[None]:
+        """Start resolving and loading every model on a thread, once; returns its future.
+
+        `serve` calls this before importing the web stack, so session creation (which releases
+        the GIL) overlaps those imports; `start` then only waits for it.
+        """
+        if self._preload is None:
+            self.lifecycle.to(Stage.LOADING)
+            self._preload = concurrent.futures.Future()
+            thread = threading.Thread(target=self._load_all, name="ember-load", daemon=True)
+            thread.start()
+        return self._preload
+
+    def _load_all(self) -> None:
+        assert self._preload is not None
         try:
-            specs = await loop.run_in_executor(None, resolve_specs, self.settings)
+            specs = resolve_specs(self.settings)
             gpu = self._gpu
             if gpu is None:
                 from ember.backends.loader import resolve_device
@@ -92,9 +106,22 @@ class Engines:
             self.models = [ModelEngine(spec=s, settings=self.settings, gpu=gpu) for s in specs]
             metrics.prime((m.spec.name, m.task.value) for m in self.models)
             for model in self.models:
-                current = model
+                self._loading = model
                 model.lifecycle.to(Stage.LOADING)
-                await loop.run_in_executor(None, model.load, self._factory)
+                model.load(self._factory)
+            self._loading = None
+        except BaseException as exc:
+            self._preload.set_exception(exc)
+        else:
+            self._preload.set_result(None)
+
+    async def start(self) -> None:
+        """starting → loading → warming → ready, or failed with the error. Never raises."""
+        current: ModelEngine | None = None
+        try:
+            preload = self.preload()
+            await asyncio.wrap_future(preload)
+            for model in self.models:
                 model.start()
             if self.lifecycle.stage is Stage.DRAINING:
                 return
@@ -112,6 +139,7 @@ class Engines:
                     if model.warmup_report is not None:
                         model.warmup_report.http_seconds = seconds
         except Exception as exc:
+            current = current or self._loading
             message = exc.message if isinstance(exc, EmberError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, EmberError):
                 log.exception("loading failed")

@@ -22,13 +22,15 @@ class WarmupReport:
     task: str
     rounds: int
     plan: str
-    """`full`: every shape of the bucket set ran."""
+    """`full`: every shape of the bucket set ran; `cover`: the covering subset."""
+    shape_set: int = 0
+    """How many shapes the batcher can emit in all."""
     shapes: list[ShapeRun] = field(default_factory=list)
     total_seconds: float = 0.0
     http_seconds: float = 0.0
     """Time of the requests sent through the HTTP app itself (routing, validation, JSON)."""
     covered: bool = False
-    """Every shape of the bucket set ran and the batcher emitted nothing else."""
+    """Every planned shape ran, and the batcher emitted nothing else."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -42,7 +44,16 @@ class WarmupReport:
         return out
 
 
-def plan_shapes(buckets: Buckets) -> list[tuple[int, int]]:
-    """Every shape the batcher can emit, largest first (so memory peaks first: an
-    out-of-memory surfaces at startup, and the allocator is grown once)."""
-    return buckets.shapes()
+def plan_shapes(buckets: Buckets, plan: str = "full") -> list[tuple[int, int]]:
+    """The shapes warm-up runs, largest first (so memory peaks first: an out-of-memory surfaces
+    at startup, and the allocator is grown once).
+
+    `full` is every shape the batcher can emit. `cover` is, per padded length, one row and the
+    most rows: on CPU a new shape costs nothing once the arena has grown and each length's
+    kernels have run (measured by `benchmarks/cold_shapes.py`; RESULTS.md has the figures).
+    """
+    shapes = buckets.shapes()
+    if plan == "full":
+        return shapes
+    chosen = {(1, s) for s in buckets.seq} | {(buckets.max_rows_at(s), s) for s in buckets.seq}
+    return [shape for shape in shapes if shape in chosen]
