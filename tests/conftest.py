@@ -30,10 +30,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def wait_stage(app: FastAPI, *stages: str, timeout: float = 60.0) -> str:
+async def wait_stage(app: FastAPI, *stages: str, within: float = 60.0) -> str:
     engines = app_state(app).engines
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while engines.stage.value not in stages:
         if loop.time() > deadline:
             raise AssertionError(f"stage stayed {engines.stage.value}, wanted {stages}")

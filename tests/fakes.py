@@ -25,7 +25,9 @@ class FakeBackend:
     def __init__(self, spec: ModelSpec, *, delay: float = 0.0) -> None:
         self.spec = spec
         self.delay = delay
-        self.width = (spec.hidden_size or 8) if spec.task is Task.EMBED else max(len(spec.labels), 1)
+        self.width = (
+            (spec.hidden_size or 8) if spec.task is Task.EMBED else max(len(spec.labels), 1)
+        )
         self.batches: list[tuple[int, int]] = []
         self.fail_next_shape: tuple[int, int] | None = None
 

@@ -1,21 +1,31 @@
 """Tiny BERT models for tests: seeded random weights, a real config, the built-in tokenizer.
 
 Every builder writes a complete model folder that transformers, sentence-transformers and ember
-can all load offline, in well under a second. The heads are initialised wider than BERT's
-default (std 0.02) so that scores differ visibly between inputs: parity checks and ordering
-checks on near-identical scores would prove nothing.
+can all load offline, each in well under a second once torch is imported. Weights are drawn
+wider than BERT's default so that scores differ visibly between inputs: parity and ordering checks
+on near-identical scores would prove nothing. The references at the end are what transformers and
+sentence-transformers compute on the same folders.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ember.models import builtin_path
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 """Copied from the built-in all-MiniLM-L6-v2: a real uncased WordPiece tokenizer."""
 
 VOCAB_SIZE = 30522
@@ -42,6 +52,8 @@ def tiny_config(**overrides: Any) -> Any:
         "max_position_embeddings": 512,
         "type_vocab_size": 2,
         "pad_token_id": 0,
+        # Ten times BERT's 0.02: with the default, every input gets nearly the same score.
+        "initializer_range": 0.2,
     }
     values.update(overrides)
     return BertConfig(**values)
@@ -53,34 +65,26 @@ def copy_tokenizer(path: Path) -> None:
         shutil.copy(source / name, path / name)
 
 
-def _widen_head(model: Any, seed: int) -> None:
-    """Re-draw the pooler and classifier with std 1/sqrt(hidden), so logits spread over ±2."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    std = HIDDEN**-0.5
-    with torch.no_grad():
-        for layer in (model.bert.pooler.dense, model.classifier):
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std * 2)
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * 0.1)
-
-
-def _sequence_classifier(path: Path, *, seed: int, num_labels: int, **config: Any) -> Path:
+def _sequence_classifier(
+    path: Path, *, seed: int, num_labels: int, logit_shift: float = 0.0, **config: Any
+) -> Path:
     import torch
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(seed)
     model = BertForSequenceClassification(tiny_config(num_labels=num_labels, **config)).eval()
-    _widen_head(model, seed)
+    with torch.no_grad():
+        model.classifier.bias += logit_shift
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     copy_tokenizer(path)
     return path
 
 
-def build_reranker(path: Path, *, seed: int = 0) -> Path:
-    """A plain transformers reranker: BertForSequenceClassification with one label."""
-    return _sequence_classifier(path, seed=seed, num_labels=1)
+def build_reranker(path: Path, *, seed: int = 0, logit_shift: float = 0.0) -> Path:
+    """A plain transformers reranker: BertForSequenceClassification with one label; `logit_shift`
+    moves every score (far negative: a sigmoid that underflows)."""
+    return _sequence_classifier(path, seed=seed, num_labels=1, logit_shift=logit_shift)
 
 
 def build_classifier(path: Path, *, seed: int = 1) -> Path:
@@ -110,14 +114,24 @@ def build_embedder(path: Path, *, seed: int = 2) -> Path:
     from transformers import BertModel
 
     torch.manual_seed(seed)
-    model = BertModel(tiny_config(), add_pooling_layer=False).eval()
+    model = BertModel(tiny_config()).eval()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     copy_tokenizer(path)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_Normalize",
+            "type": "sentence_transformers.models.Normalize",
+        },
     ]
     pooling = {
         "word_embedding_dimension": HIDDEN,
@@ -134,5 +148,69 @@ def build_embedder(path: Path, *, seed: int = 2) -> Path:
     return path
 
 
+def resave_embedder(path: Path, *, source: Path, pooling: str) -> Path:
+    """The embedder at `source` with another pooling mode, saved by sentence-transformers itself,
+    so the folder has the file formats the installed version writes (6.x: `pooling_mode`)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    model = SentenceTransformer(str(source), device="cpu", local_files_only=True)
+    (pool,) = (m for m in model if isinstance(m, Pooling))
+    pool.pooling_mode = pooling
+    model.save(str(path))
+    return path
+
+
 def _write_json(path: Path, value: object) -> None:
     path.write_text(json.dumps(value, indent=2), encoding="utf-8")
+
+
+# --- references: what transformers and sentence-transformers compute on the same weights -------
+
+Floats = npt.NDArray[np.float32]
+
+
+@cache
+def _sequence_classification(path: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+    return tokenizer, model.eval()
+
+
+def reference_logits(
+    path: Path, firsts: list[str], seconds: list[str] | None = None, *, max_length: int
+) -> Floats:
+    """transformers' logits for texts (or pairs), truncated at `max_length` (longest first, as
+    the server truncates pairs)."""
+    import torch
+
+    tokenizer, model = _sequence_classification(path)
+    encoded = tokenizer(
+        firsts, seconds, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        logits: Floats = model(**encoded).logits.float().numpy()
+    return logits
+
+
+def reference_embeddings(path: Path, texts: list[str], *, max_length: int) -> Floats:
+    """sentence-transformers' embeddings (the folder's own pooling and Normalize)."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    model.max_seq_length = max_length
+    vectors: Floats = model.encode(texts, convert_to_numpy=True)
+    return vectors
+
+
+def sigmoid(x: Floats) -> Floats:
+    out: Floats = 1.0 / (1.0 + np.exp(-x))
+    return out
+
+
+def softmax(x: Floats) -> Floats:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    out: Floats = e / e.sum(axis=1, keepdims=True)
+    return out

@@ -102,8 +102,19 @@ def main() -> None:
     parser.add_argument(
         "--model", default=None, help="sentence-transformers folder (default: built-in)"
     )
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="uvicorn's per-request log line (on, as in tutorials)",
+    )
     args = parser.parse_args()
-    uvicorn.run(create_app(args.model or default_model_path()), host=args.host, port=args.port)
+    uvicorn.run(
+        create_app(args.model or default_model_path()),
+        host=args.host,
+        port=args.port,
+        access_log=args.access_log,
+    )
 
 
 if __name__ == "__main__":

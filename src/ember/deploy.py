@@ -203,6 +203,13 @@ def parse_report(data: object, *, source: str) -> Startup:
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise DeployError(f"{source}: not a startup report: expected an object with a 'runs' list")
     runs: list[object] = data["runs"]
+    failed = data.get("failed_runs") or []
+    if failed:
+        # Sizing from the runs that did get ready would hide the slowest start of all.
+        raise DeployError(
+            f"{source}: {len(failed)} run(s) never became ready (failed_runs); fix the cause "
+            "or measure again"
+        )
     if not runs:
         raise DeployError(f"{source}: the report has no runs")
     ready: list[float] = []
@@ -553,6 +560,8 @@ def render(startup: Startup, options: Options) -> dict[str, tuple[Manifest, tupl
 
 _PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*(:[A-Za-z0-9_./-]+)*$")
 _YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+# Characters YAML does not allow raw (or reads as line breaks) that json.dumps leaves raw.
+_UNPRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
 
 
 def _scalar(value: object) -> str:
@@ -565,12 +574,15 @@ def _scalar(value: object) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"cannot write {value!r} to a manifest")
-        return repr(value)
+        # YAML 1.1 (PyYAML) reads an exponent as a float only after a dot: 1.0e+20, not 1e+20.
+        mantissa, e, exponent = repr(value).partition("e")
+        return mantissa + ("" if "." in mantissa or not e else ".0") + e + exponent
     if isinstance(value, str):
         if _PLAIN.match(value) and value.lower() not in _YAML_WORDS:
             return value
         # A double-quoted YAML scalar accepts every JSON string escape.
-        return json.dumps(value, ensure_ascii=False)
+        quoted = json.dumps(value, ensure_ascii=False)
+        return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted)
     raise TypeError(f"cannot write {type(value).__name__} to a manifest")
 
 

@@ -80,15 +80,19 @@ def builtin_path() -> Path:
 
 
 def _hf_cache_dirs() -> list[Path]:
+    """The hub cache, found as `huggingface_hub` finds it (same variables, same precedence)."""
     env = os.environ
-    if "HF_HUB_CACHE" in env:
-        return [Path(env["HF_HUB_CACHE"])]
-    home = Path(env.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(variable):
+            return [Path(env[variable]).expanduser()]
+    xdg = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    home = Path(env.get("HF_HOME") or xdg / "huggingface").expanduser()
     return [home / "hub"]
 
 
 def _from_hf_cache(repo_id: str) -> Path | None:
-    """An id already in the local Hugging Face cache (offline only): its `main` snapshot."""
+    """An id already in the local Hugging Face cache (offline only): the snapshot `refs/main`
+    names, else the most recently written one."""
     folder = "models--" + repo_id.replace("/", "--")
     for cache in _hf_cache_dirs():
         root = cache / folder
@@ -97,9 +101,9 @@ def _from_hf_cache(repo_id: str) -> Path | None:
             snapshot = root / "snapshots" / ref.read_text().strip()
             if snapshot.is_dir():
                 return snapshot
-        snapshots = sorted((root / "snapshots").glob("*")) if (root / "snapshots").is_dir() else []
+        snapshots = [p for p in (root / "snapshots").glob("*") if p.is_dir()]
         if snapshots:
-            return snapshots[-1]
+            return max(snapshots, key=lambda p: p.stat().st_mtime)
     return None
 
 
@@ -123,7 +127,8 @@ def resolve_path(source: str) -> Path:
         if not os.access(path, os.R_OK | os.X_OK):
             raise ModelError(f"model folder {path} is not readable")
         return path.resolve()
-    looks_like_id = source.count("/") == 1 and not source.startswith((".", "/", "~"))
+    # `org/name`, or a legacy id without an org (`bert-base-uncased`).
+    looks_like_id = source.count("/") <= 1 and not source.startswith((".", "/", "~"))
     if looks_like_id:
         cached = _from_hf_cache(source)
         if cached is not None:
@@ -147,14 +152,47 @@ def _detect_task(path: Path, config: dict[str, Any]) -> tuple[Task, tuple[str, .
         is_cross_encoder = str(st.get("model_type", "")).lower() == "crossencoder"
     if is_cross_encoder or any(a.endswith(_CLASSIFY_SUFFIXES) for a in architectures):
         id2label = config.get("id2label") or {}
-        num_labels = int(config.get("num_labels", len(id2label) or 2))
+        # transformers sizes the head from id2label; a CrossEncoder defaults to one output.
+        num_labels = len(id2label) or int(config.get("num_labels", 1 if is_cross_encoder else 2))
         labels = tuple(
             str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels)
         )
-        if num_labels == 1 or is_cross_encoder:
+        # TEI's rule: one output is a relevance score, several are classes (a CrossEncoder
+        # trained for NLI has three labels and is a classifier).
+        if num_labels == 1:
             return Task.RERANK, labels
         return Task.CLASSIFY, labels
     return Task.EMBED, ()
+
+
+_POOLINGS = ("mean", "cls", "max", "lasttoken")
+"""Pooling modes the backends implement."""
+_LEGACY_POOLING_KEYS = {
+    # sentence-transformers < 6 wrote one boolean per mode (in this order when concatenated).
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def _pooling_mode(path: Path, cfg: dict[str, Any]) -> str:
+    """The one pooling mode of a Pooling module config, in the format of any
+    sentence-transformers version; what ember cannot reproduce exactly is refused."""
+    mode = cfg.get("pooling_mode")
+    if mode is None:
+        modes = [m for key, m in _LEGACY_POOLING_KEYS.items() if cfg.get(key)] or ["mean"]
+    else:
+        modes = [str(mode)] if isinstance(mode, str) else [str(m) for m in mode]
+    if len(modes) != 1:
+        raise ModelError(f"{path}: concatenated pooling ({' + '.join(modes)}) is not supported")
+    if modes[0] not in _POOLINGS:
+        raise ModelError(f"{path}: {modes[0]} pooling is not supported")
+    if cfg.get("include_prompt") is False:
+        raise ModelError(f"{path}: pooling that leaves the prompt out is not supported")
+    return modes[0]
 
 
 def _sentence_transformers_layout(path: Path) -> tuple[str | None, bool, int | None]:
@@ -166,6 +204,8 @@ def _sentence_transformers_layout(path: Path) -> tuple[str | None, bool, int | N
         modules = json.loads(modules_file.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ModelError(f"{modules_file} is not valid JSON: {exc}") from exc
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelError(f"{modules_file} does not hold a list of modules")
     pooling: str | None = None
     normalize = False
     dimension: int | None = None
@@ -173,23 +213,16 @@ def _sentence_transformers_layout(path: Path) -> tuple[str | None, bool, int | N
         kind = str(module.get("type", ""))
         if kind.endswith("Pooling"):
             cfg = _read_json(path / module.get("path", "") / "config.json")
-            dimension = cfg.get("word_embedding_dimension")
-            if cfg.get("pooling_mode_cls_token"):
-                pooling = "cls"
-            elif cfg.get("pooling_mode_max_tokens"):
-                pooling = "max"
-            elif cfg.get("pooling_mode_lasttoken"):
-                pooling = "lasttoken"
-            elif cfg.get("pooling_mode_mean_tokens") or cfg.get(
-                "pooling_mode_mean_sqrt_len_tokens"
-            ):
-                if cfg.get("pooling_mode_mean_sqrt_len_tokens"):
-                    raise ModelError(f"{path}: mean_sqrt_len pooling is not supported")
-                pooling = "mean"
+            found = cfg.get("embedding_dimension", cfg.get("word_embedding_dimension"))
+            dimension = found if isinstance(found, int) else None
+            pooling = _pooling_mode(path, cfg)
         elif kind.endswith("Normalize"):
             normalize = True
         elif kind.endswith("Dense"):
             raise ModelError(f"{path}: Dense modules after pooling are not supported yet")
+        elif not kind.endswith("Transformer"):
+            # Any other module changes the vectors; serving without it would be silently wrong.
+            raise ModelError(f"{path}: the sentence-transformers module {kind!r} is not supported")
     return pooling, normalize, dimension
 
 
@@ -223,7 +256,21 @@ def inspect_model(
     pooling: str | None = None,
     max_input_length: int | None = None,
 ) -> ModelSpec:
-    """Resolve `source` and read its task and limits from its config files."""
+    """Resolve `source` and read its task and limits from its config files.
+
+    Errors name the served `name` when one is given, so that among several models the one that
+    failed is plain."""
+    try:
+        return _inspect(source, name=name, pooling=pooling, max_input_length=max_input_length)
+    except ModelError as exc:
+        if name is None:
+            raise
+        raise ModelError(f"{name}: {exc.message}") from exc
+
+
+def _inspect(
+    source: str, *, name: str | None, pooling: str | None, max_input_length: int | None
+) -> ModelSpec:
     path = resolve_path(source)
     manifest = path / "ember-manifest.json"
     if manifest.is_file():

@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     reload: bool = False
     """Reload on code changes (development; implies no warm-up unless set)."""
 
+    # --- torch backend (GPU) ---------------------------------------------------------------
+    cuda_graphs: bool = True
+    """On CUDA, capture each warm-up shape as a CUDA graph where its replay measures faster
+    than the eager forward."""
+    torch_native: bool = True
+    """Run plain BERT models with ember's own torch encoder (no transformers import: seconds
+    less to ready); off: transformers for every model."""
+
     _split = field_validator("model", "seq_buckets", "row_buckets", "cors_origins", mode="before")(
         _split_list
     )

@@ -38,10 +38,23 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self._log = log.open("wb")
-        cmd = [sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ember",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
             start_new_session=True,
         )
 
@@ -100,7 +113,8 @@ def ember_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(ember_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(
-        "--max-client-batch-size", "64",
+        "--max-client-batch-size",
+        "64",
         env={"EMBER_CACHE_DIR": str(ember_cache)},
         log=tmp_path_factory.mktemp("logs") / "server.log",
     )

@@ -67,12 +67,16 @@ def test_openai_client_matches_sentence_transformers(server: Server, reference: 
     from openai import OpenAI
 
     client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    got = client.embeddings.create(input=PARITY_TEXTS, model="sentence-transformers/all-MiniLM-L6-v2")
+    got = client.embeddings.create(
+        input=PARITY_TEXTS, model="sentence-transformers/all-MiniLM-L6-v2"
+    )
     vectors = np.array([d.embedding for d in got.data], dtype=np.float32)
     cos = cosines(vectors, reference)
     assert cos.min() >= 0.9999, cos
     assert got.usage.prompt_tokens > 0
-    single = client.embeddings.create(input="hello", model="sentence-transformers/all-MiniLM-L6-v2", encoding_format="float")
+    single = client.embeddings.create(
+        input="hello", model="sentence-transformers/all-MiniLM-L6-v2", encoding_format="float"
+    )
     assert len(single.data[0].embedding) == 384
 
 
@@ -80,8 +84,12 @@ def test_tei_embed_matches_sentence_transformers(server: Server, reference: np.n
     status, body = post(server.url + "/embed", {"inputs": PARITY_TEXTS})
     assert status == 200
     assert cosines(np.array(body, dtype=np.float32), reference).min() >= 0.9999
-    status, b64 = post(server.url + "/v1/embeddings", {"input": PARITY_TEXTS[:3], "encoding_format": "base64"})
-    decoded = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in b64["data"]])
+    status, b64 = post(
+        server.url + "/v1/embeddings", {"input": PARITY_TEXTS[:3], "encoding_format": "base64"}
+    )
+    decoded = np.stack(
+        [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in b64["data"]]
+    )
     assert cosines(decoded, reference[:3]).min() >= 0.9999
 
 
@@ -123,7 +131,9 @@ def _drain_under_load(srv: Server) -> None:
 
     def client() -> None:
         started.wait()
-        results.append(post(srv.url + "/embed", {"inputs": ["a longer text to embed " * 20] * 32})[0])
+        results.append(
+            post(srv.url + "/embed", {"inputs": ["a longer text to embed " * 20] * 32})[0]
+        )
 
     threads = [threading.Thread(target=client) for _ in range(8)]
     for t in threads:

@@ -38,7 +38,9 @@ async def test_dimensions_keep_the_first_n_and_renormalise() -> None:
         raw = np.array(
             (await client.post("/embed", json={"inputs": "x", "normalize": False})).json()
         )[0]
-        cut = np.array((await client.post("/embed", json={"inputs": "x", "dimensions": 16})).json())[0]
+        cut = np.array(
+            (await client.post("/embed", json={"inputs": "x", "dimensions": 16})).json()
+        )[0]
         assert cut.shape == (16,)
         assert np.allclose(cut, raw[:16] / np.linalg.norm(raw[:16]), atol=1e-5)
 
@@ -52,7 +54,11 @@ async def test_openai_float_and_base64_agree() -> None:
         assert data["object"] == "list"
         assert data["usage"]["prompt_tokens"] == data["usage"]["total_tokens"] > 0
         assert [d["index"] for d in data["data"]] == [0, 1]
-        b64 = (await client.post("/v1/embeddings", json=body | {"model": None, "encoding_format": "base64"})).json()
+        b64 = (
+            await client.post(
+                "/v1/embeddings", json=body | {"model": None, "encoding_format": "base64"}
+            )
+        ).json()
         for f, b in zip(data["data"], b64["data"], strict=True):
             decoded = np.frombuffer(base64.b64decode(b["embedding"]), dtype="<f4")
             assert np.allclose(decoded, f["embedding"], atol=1e-6)
@@ -88,11 +94,15 @@ BAD_TEI: list[tuple[str, Any, int]] = [
 
 
 @pytest.mark.parametrize(("case", "body", "status"), BAD_TEI, ids=[c[0] for c in BAD_TEI])
-async def test_bad_input_gets_its_status_and_changes_nothing(case: str, body: Any, status: int) -> None:
+async def test_bad_input_gets_its_status_and_changes_nothing(
+    case: str, body: Any, status: int
+) -> None:
     async with running_app(FakeFactory()) as (_app, client):
         before = (await client.post("/embed", json={"inputs": "steady"})).json()
         if isinstance(body, bytes):
-            r = await client.post("/embed", content=body, headers={"content-type": "application/json"})
+            r = await client.post(
+                "/embed", content=body, headers={"content-type": "application/json"}
+            )
         else:
             r = await client.post("/embed", json=body)
         assert r.status_code == status, r.text
@@ -132,7 +142,9 @@ async def test_body_over_payload_limit_is_413_before_parsing() -> None:
             for _ in range(100):
                 yield b"x" * 1000
 
-        r = await client.post("/embed", content=chunks(), headers={"content-type": "application/json"})
+        r = await client.post(
+            "/embed", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert r.status_code == 413
         assert (await client.post("/embed", json={"inputs": "ok"})).status_code == 200
 
@@ -224,7 +236,9 @@ async def test_api_key_guards_everything_but_probes() -> None:
             "/embed", json={"inputs": "x"}, headers={"Authorization": "Bearer wrong"}
         )
         assert r.status_code == 401
-        ok = await client.post("/embed", json={"inputs": "x"}, headers={"Authorization": "Bearer s3cret"})
+        ok = await client.post(
+            "/embed", json={"inputs": "x"}, headers={"Authorization": "Bearer s3cret"}
+        )
         assert ok.status_code == 200
         info = await client.get("/info", headers={"Authorization": "Bearer s3cret"})
         assert "s3cret" not in info.text

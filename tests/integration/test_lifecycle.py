@@ -106,7 +106,9 @@ async def test_cover_plan_runs_both_ends_of_every_length() -> None:
     async with running_app(factory, warmup_plan="cover") as (app, client):
         buckets = app_state(app).engines.models[0].buckets
         ran = set(factory.backends[0].batches)
-        assert ran == {(1, s) for s in buckets.seq} | {(buckets.max_rows_at(s), s) for s in buckets.seq}
+        assert ran == {(1, s) for s in buckets.seq} | {
+            (buckets.max_rows_at(s), s) for s in buckets.seq
+        }
         report = (await client.get("/ready")).json()["warmup"][0]
         assert report["plan"] == "cover"
         assert report["shape_set"] == len(buckets.shapes())

@@ -27,7 +27,18 @@ def test_env_vars_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cli_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBER_PORT", "9000")
     args = build_parser().parse_args(
-        ["serve", "--port", "9100", "--model", "a", "--model", "b", "--no-warmup", "--seq-buckets", "8,16"]
+        [
+            "serve",
+            "--port",
+            "9100",
+            "--model",
+            "a",
+            "--model",
+            "b",
+            "--no-warmup",
+            "--seq-buckets",
+            "8,16",
+        ]
     )
     s = settings_from(args)
     assert s.port == 9100

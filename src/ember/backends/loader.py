@@ -47,5 +47,10 @@ def create_backend(spec: ModelSpec, settings: Settings) -> Backend:
     from ember.backends.torch_backend import TorchBackend
 
     return TorchBackend(
-        spec=spec, device=device, dtype=settings.dtype, threads=settings.intra_op_threads()
+        spec=spec,
+        device=device,
+        dtype=settings.dtype,
+        threads=settings.intra_op_threads(),
+        cuda_graphs=settings.cuda_graphs,
+        native=settings.torch_native,
     )

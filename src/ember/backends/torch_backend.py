@@ -1,19 +1,30 @@
-"""The torch backend: transformers models on CPU or CUDA, pooling done on the device."""
+"""The torch backend: BERT models with ember's own encoder (others through transformers), on CPU
+or CUDA, pooling done on the device.
+
+On CUDA every bucket shape gets static buffers and, where it measures faster, a CUDA graph
+(`cuda_graphs.GraphRunner`); an out-of-memory raises `DeviceOutOfMemory` so that warm-up can
+lower the token budget. On CPU a batch runs eagerly.
+"""
 
 from __future__ import annotations
 
 import inspect
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ember.backends.base import Batch, FloatArray
+from ember.backends.cuda_graphs import DeviceOutOfMemory, GraphRunner
 from ember.errors import ModelError
 from ember.models import ModelSpec, Task
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = ["DeviceOutOfMemory", "TorchBackend", "pick_device", "pick_dtype", "pool"]
 
 log = logging.getLogger("ember.backends.torch")
 
@@ -53,23 +64,81 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
     return summed / counts
 
 
+Forward = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
 class TorchBackend:
-    """A transformers model; `run` takes numpy, returns float32 numpy."""
+    """A model in torch; `run` takes numpy, returns float32 numpy."""
 
     name = "torch"
 
     def __init__(
-        self, *, spec: ModelSpec, device: str = "auto", dtype: str = "auto", threads: int = 1
+        self,
+        *,
+        spec: ModelSpec,
+        device: str = "auto",
+        dtype: str = "auto",
+        threads: int = 1,
+        cuda_graphs: bool = True,
+        native: bool = True,
     ) -> None:
         import torch
-        from transformers import AutoModel, AutoModelForSequenceClassification
 
+        started = time.perf_counter()
         self.spec = spec
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         if self.device == "cpu":
             torch.set_num_threads(threads)
         self.threads = threads
+        self._torch = torch
+        self.implementation = "transformers"
+        forward: Forward | None = None
+        if native:
+            forward = self._load_native()
+        if forward is None:
+            forward = self._load_transformers()
+        self._forward = forward
+        self._runner: GraphRunner | None = None
+        if self.device.startswith("cuda"):
+            self._runner = GraphRunner(
+                forward=forward, device=self.device, width=self._width(), graphs=cuda_graphs
+            )
+        self.load_seconds = time.perf_counter() - started
+
+    def _width(self) -> int:
+        if self.spec.task is Task.EMBED:
+            return int(self.spec.hidden_size or self.spec.dimension or 0)
+        return max(len(self.spec.labels), 1)
+
+    def _load_native(self) -> Forward | None:
+        from ember.backends.bert import load_bert
+
+        try:
+            encoder = load_bert(self.spec, device=self.device, dtype=self.dtype)
+        except Exception as exc:
+            raise ModelError(f"cannot load weights from {self.spec.path}: {exc}") from exc
+        if encoder is None:
+            return None
+        self.implementation = "native-bert"
+        self._encoder = encoder
+        method = self.spec.pooling
+        if self.spec.task is Task.EMBED:
+
+            def embed(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+                return pool(encoder.forward(ids, mask, types), mask, method)
+
+            return embed
+
+        def logits(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+            return encoder.head(encoder.forward(ids, mask, types)).float()
+
+        return logits
+
+    def _load_transformers(self) -> Forward:
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        spec = self.spec
         cls = AutoModel if spec.task is Task.EMBED else AutoModelForSequenceClassification
         try:
             model = cls.from_pretrained(
@@ -77,38 +146,57 @@ class TorchBackend:
             )
         except Exception as exc:
             raise ModelError(f"cannot load weights from {spec.path}: {exc}") from exc
-        self.model = model.to(self.device).eval()
-        params = inspect.signature(self.model.forward).parameters
-        self._takes_type_ids = "token_type_ids" in params
-        self._torch = torch
+        model = model.to(self.device).eval()
+        self.model = model
+        takes_type_ids = "token_type_ids" in inspect.signature(model.forward).parameters
+        method = spec.pooling
+        embed = spec.task is Task.EMBED
+
+        def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+            kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+            if takes_type_ids:
+                kwargs["token_type_ids"] = types
+            out = model(**kwargs)
+            if embed:
+                return pool(out.last_hidden_state, mask, method)
+            result: torch.Tensor = out.logits.float()
+            return result
+
+        return forward
 
     def run(self, batch: Batch) -> FloatArray:
+        if self._runner is not None:
+            return self._runner.run(batch)
         torch = self._torch
         with torch.inference_mode():
-            ids = torch.from_numpy(batch.input_ids).to(self.device, non_blocking=True)
-            mask = torch.from_numpy(batch.attention_mask).to(self.device, non_blocking=True)
-            kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-            if self._takes_type_ids:
-                kwargs["token_type_ids"] = torch.from_numpy(batch.token_type_ids).to(
-                    self.device, non_blocking=True
-                )
-            out = self.model(**kwargs)
-            if self.spec.task is Task.EMBED:
-                result = pool(out.last_hidden_state, mask, self.spec.pooling)
-            else:
-                result = out.logits
+            ids = torch.from_numpy(batch.input_ids)
+            mask = torch.from_numpy(batch.attention_mask)
+            types = torch.from_numpy(batch.token_type_ids)
+            if self.device != "cpu":
+                ids, mask, types = (t.to(self.device) for t in (ids, mask, types))
+            result = self._forward(ids, mask, types)
             array: FloatArray = result.float().cpu().numpy().astype(np.float32, copy=False)
             return array
 
+    def shape_report(self) -> list[dict[str, Any]]:
+        """Per-shape first/eager/capture/replay milliseconds on CUDA (empty on CPU)."""
+        return self._runner.shape_report() if self._runner is not None else []
+
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "backend": self.name,
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "threads": self.threads if self.device == "cpu" else None,
+            "implementation": self.implementation,
         }
+        if self._runner is not None:
+            out.update(self._runner.describe())
+        return out
 
     def close(self) -> None:
-        del self.model
-        if self.device == "cuda":
+        self._runner = None
+        self.__dict__.pop("model", None)
+        self.__dict__.pop("_encoder", None)
+        if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()

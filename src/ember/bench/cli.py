@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from ember.bench.client import APIS, Api
+from ember.bench.client import APIS, Api, Endpoint
 
 
 def _slug(label: str) -> str:
@@ -249,15 +249,15 @@ def _load(args: argparse.Namespace) -> int:
         "label": label,
         "seed": args.seed,
     }
+    suffix = "" if args.batch == 1 or f"b{args.batch}" in label else f"-b{args.batch}"
+    json_path = args.out / f"load-{label}{suffix}.json"
     result = (
         _load_running(endpoint, args.server_pid, base)
         if endpoint is not None
-        else _load_spawned(args, base)
+        else _load_spawned(args, base, log_path=json_path.with_suffix(".server.log"))
     )
     if result is None:
         return 1
-    suffix = "" if args.batch == 1 or f"b{args.batch}" in label else f"-b{args.batch}"
-    json_path = args.out / f"load-{label}{suffix}.json"
     from ember.bench.load import write_json
 
     write_json(result, json_path)
@@ -270,7 +270,9 @@ def _load(args: argparse.Namespace) -> int:
     return 1 if any(level["ok"] == 0 for level in result["levels"]) else 0
 
 
-def _load_running(endpoint: Any, server_pid: int | None, base: dict[str, Any]) -> dict[str, Any]:
+def _load_running(
+    endpoint: Endpoint, server_pid: int | None, base: dict[str, Any]
+) -> dict[str, Any]:
     from ember.bench.load import LoadConfig, find_listener_pid, run_load
 
     pid = server_pid if server_pid is not None else find_listener_pid(endpoint.port)
@@ -278,12 +280,13 @@ def _load_running(endpoint: Any, server_pid: int | None, base: dict[str, Any]) -
     return run_load(config, on_level=_progress)
 
 
-def _load_spawned(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any] | None:
+def _load_spawned(
+    args: argparse.Namespace, base: dict[str, Any], *, log_path: Path
+) -> dict[str, Any] | None:
     """Spawn `--cmd`, wait for ready, load it, stop it; None (reported) if it never got ready."""
     import asyncio
     import time
 
-    from ember.bench.client import Endpoint
     from ember.bench.load import LoadConfig, run_load
     from ember.bench.startup import (
         ServerFailed,
@@ -296,8 +299,7 @@ def _load_spawned(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, A
 
     port = free_port()
     endpoint = Endpoint("127.0.0.1", port)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / f"load-{_slug(base['label'])}-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         t0 = time.perf_counter()
         proc = spawn_server(render_cmd(args.cmd, port), log=log)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -325,7 +326,7 @@ def print_load(result: Mapping[str, Any]) -> None:
             _fmt(level["client_cpu_us_per_req"]),
             _fmt(level["machine_cpu_pct"]),
         )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def _fmt(value: float | None) -> str:

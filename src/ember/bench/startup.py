@@ -266,7 +266,7 @@ async def measure_classes(
         for name, shape in classes.items():
             ms, status, error = await timed_request(conn, path, body(shape), api, shape.texts)
             results[name] = ClassResult(
-                first_ms=None if error else ms,
+                first_ms=None if error else round(ms, 3),
                 steady_median_ms=None,
                 ratio=None,
                 first_status=status,
@@ -282,9 +282,9 @@ async def measure_classes(
                 else:
                     result.steady_ms.append(round(ms, 3))
             if result.steady_ms:
-                result.steady_median_ms = statistics.median(result.steady_ms)
+                result.steady_median_ms = round(statistics.median(result.steady_ms), 3)
                 if result.first_ms is not None:
-                    result.ratio = result.first_ms / result.steady_median_ms
+                    result.ratio = round(result.first_ms / result.steady_median_ms, 3)
     finally:
         await conn.close()
     return results
@@ -435,18 +435,15 @@ def run_startup(config: StartupConfig, *, out_dir: Path) -> dict[str, Any]:
 
 
 def print_startup(result: Mapping[str, Any]) -> None:
-    """A rich table: one row per run, one column group per shape class."""
+    """A rich table: one row per run; per shape class "first / steady ms, ratio"."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"startup: {result['label']}  ({result['cmd']})")
-    table.add_column("run", justify="right")
-    table.add_column("port s", justify="right")
-    table.add_column("health s", justify="right")
-    table.add_column("ready s", justify="right")
-    table.add_column("RSS MiB", justify="right")
+    for name in ("run", "port s", "health s", "ready s", "RSS MiB"):
+        table.add_column(name, justify="right")
     for name in SHAPE_CLASSES:
-        table.add_column(f"{name}\nfirst/steady ms", justify="right")
+        table.add_column(f"{name} first/steady ms", justify="right")
     for run in result["runs"]:
         cells = [
             str(run["run"]),
@@ -458,17 +455,17 @@ def print_startup(result: Mapping[str, Any]) -> None:
         for name in SHAPE_CLASSES:
             c = run["classes"].get(name, {})
             cell = (
-                f"{_fmt(c.get('first_ms'), '{:.1f}')} / {_fmt(c.get('steady_median_ms'), '{:.1f}')}"
+                f"{_fmt(c.get('first_ms'), '{:.1f}')}/{_fmt(c.get('steady_median_ms'), '{:.1f}')}"
             )
             ratio = c.get("ratio")
             if ratio is not None:
                 style = "red" if ratio > 2 else "yellow" if ratio > 1.3 else "green"
-                cell += f"\n[{style}]×{ratio:.2f}[/{style}]"
+                cell += f" [{style}]×{ratio:.2f}[/{style}]"
             if c.get("errors"):
-                cell += f"\n[red]errors {c['errors']}[/red]"
+                cell += f" [red]errors {c['errors']}[/red]"
             cells.append(cell)
         table.add_row(*cells)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
     summary = result["summary"]
     console.print(

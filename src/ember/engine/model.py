@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ import numpy as np
 
 from ember import metrics
 from ember.backends.base import Backend, FloatArray
+from ember.backends.cuda_graphs import DeviceOutOfMemory
 from ember.engine.batcher import Batcher
 from ember.engine.buckets import Buckets
 from ember.engine.tokenizer import Direction, Encoded, Item, TextTokenizer
@@ -98,6 +100,31 @@ class ModelEngine:
             self.backend.close()
 
     async def warm_up(self) -> WarmupReport:
+        """Warm every shape (`_warm_up_once`). On a device out-of-memory, halve the batch token
+        budget, rebuild the buckets and warm again, so that an OOM surfaces here, before ready,
+        never on a live request; `describe()` then reports the budget that fit."""
+        while True:
+            try:
+                return await self._warm_up_once()
+            except DeviceOutOfMemory as exc:
+                budget = self.buckets.max_tokens
+                lower = max(budget // 2, self.buckets.max_length)
+                if lower == budget:
+                    raise BackendFailure(
+                        f"out of device memory even at {budget} tokens per batch"
+                    ) from exc
+                log.warning(
+                    "%s: %s; lowering max_batch_tokens %d -> %d and warming again",
+                    self.spec.name,
+                    exc.message,
+                    budget,
+                    lower,
+                )
+                self.buckets = dataclasses.replace(self.buckets, max_tokens=lower)
+                assert self.batcher is not None
+                self.batcher.buckets = self.buckets
+
+    async def _warm_up_once(self) -> WarmupReport:
         """Run every bucket shape through tokenizer → batcher → backend; check each output."""
         assert self.tokenizer is not None and self.batcher is not None
         plan = self.settings.warmup_plan

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any

@@ -75,7 +75,12 @@ def create_app(
     app.include_router(build_router(engines, settings))
     errors.install(app)
 
-    @app.get("/metrics", tags=["operations"], include_in_schema=True)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics_route() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

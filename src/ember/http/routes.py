@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from ember import __version__
@@ -22,6 +24,16 @@ from ember.models import Task
 from ember.settings import Settings
 
 _JSON = "application/json"
+
+# Every status the error table can answer, documented per API family so clients and fuzzers
+# see the real contract.
+_ERROR_STATUSES = (401, 404, 413, 422, 424, 429, 500, 503)
+TEI_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.ErrorBody} for code in _ERROR_STATUSES
+}
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.OpenAIError} for code in _ERROR_STATUSES
+}
 _CREATED = int(time.time())
 
 
@@ -70,6 +82,17 @@ def _predict_items(inputs: s.PredictInput, *, limit: int) -> tuple[list[Item], b
     return items, True
 
 
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _parse(schema: type[_Body], body: dict[str, Any]) -> _Body:
+    """Validate a body taken as a dict (`POST /`): a bad one is a 422, as on the other routes."""
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
 def build_router(engines: Engines, settings: Settings) -> APIRouter:
     router = APIRouter()
     limit = settings.max_client_batch_size
@@ -98,7 +121,7 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
 
     # --- TEI ---------------------------------------------------------------------------
 
-    @router.get("/info", tags=["TEI"])
+    @router.get("/info", tags=["TEI"], responses=TEI_ERRORS)
     async def info() -> Response:
         first = engines.first()
         body: dict[str, Any] = {
@@ -126,7 +149,7 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
             }
         return JSON(body)
 
-    @router.post("/embed", tags=["TEI"], responses={200: {"model": list[list[float]]}})
+    @router.post("/embed", tags=["TEI"], response_model=list[list[float]], responses=TEI_ERRORS)
     async def embed(req: s.EmbedRequest) -> Response:
         model = engines.select(Task.EMBED, req.model)
         result = await model.embed(
@@ -139,7 +162,8 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
         )
         return JSON(result.rows)
 
-    async def _rerank(model: ModelEngine, req: s.RerankRequest) -> list[dict[str, Any]]:
+    async def _rerank(model: ModelEngine, req: s.RerankRequest) -> tuple[list[dict[str, Any]], int]:
+        """The ranked items, best first, and the tokens the pairs took."""
         if not req.texts:
             raise InvalidInput("`texts` must not be empty")
         if len(req.texts) > limit:
@@ -161,11 +185,12 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
             if req.return_text:
                 item["text"] = req.texts[i]
             out.append(item)
-        return out
+        return out, result.tokens
 
-    @router.post("/rerank", tags=["TEI"], response_model=list[s.RankItem])
+    @router.post("/rerank", tags=["TEI"], response_model=list[s.RankItem], responses=TEI_ERRORS)
     async def rerank(req: s.RerankRequest) -> Response:
-        return JSON(await _rerank(engines.select(Task.RERANK, req.model), req))
+        ranked, _tokens = await _rerank(engines.select(Task.RERANK, req.model), req)
+        return JSON(ranked)
 
     async def _predict(model: ModelEngine, req: s.PredictRequest) -> Any:
         items, batch = _predict_items(req.inputs, limit=limit)
@@ -185,11 +210,16 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
         ]
         return per_input if batch else per_input[0]
 
-    @router.post("/predict", tags=["TEI"])
+    @router.post(
+        "/predict",
+        tags=["TEI"],
+        response_model=list[s.Prediction] | list[list[s.Prediction]],
+        responses=TEI_ERRORS,
+    )
     async def predict(req: s.PredictRequest) -> Response:
         return JSON(await _predict(engines.select(Task.CLASSIFY, req.model), req))
 
-    @router.post("/", tags=["TEI"])
+    @router.post("/", tags=["TEI"], responses=TEI_ERRORS)
     async def root(body: dict[str, Any]) -> Response:
         """Dispatches on the model's task: embed, rerank or predict."""
         name = body.get("model") if isinstance(body.get("model"), str) else None
@@ -198,12 +228,15 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
             raise NotReady(f"the server is {engines.stage.value}", retry_after=1)
         model = engines.select(first.task, name) if name else first
         if model.task is Task.EMBED:
-            return await embed(s.EmbedRequest.model_validate(body))
+            return await embed(_parse(s.EmbedRequest, body))
         if model.task is Task.RERANK:
-            return JSON(await _rerank(model, s.RerankRequest.model_validate(body)))
-        return JSON(await _predict(model, s.PredictRequest.model_validate(body)))
+            ranked, _tokens = await _rerank(model, _parse(s.RerankRequest, body))
+            return JSON(ranked)
+        return JSON(await _predict(model, _parse(s.PredictRequest, body)))
 
-    @router.post("/tokenize", tags=["TEI"], response_model=list[list[s.SimpleToken]])
+    @router.post(
+        "/tokenize", tags=["TEI"], response_model=list[list[s.SimpleToken]], responses=TEI_ERRORS
+    )
     async def tokenize(req: s.TokenizeRequest) -> Response:
         first = engines.first()
         model = engines.select(first.task if first else Task.EMBED, req.model)
@@ -234,12 +267,14 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
 
     # --- OpenAI ------------------------------------------------------------------------
 
-    @router.post("/v1/embeddings", tags=["OpenAI"], response_model=s.EmbeddingsResponse)
+    @router.post(
+        "/v1/embeddings",
+        tags=["OpenAI"],
+        response_model=s.EmbeddingsResponse,
+        responses=OPENAI_ERRORS,
+    )
     async def embeddings(req: s.EmbeddingsRequest) -> Response:
-        raw = req.input
-        if isinstance(raw, list) and raw and not isinstance(raw[0], str):
-            raise InvalidInput("token arrays are not accepted as `input`; send text")
-        texts = _as_list(raw, limit=limit)  # type: ignore[arg-type]
+        texts = _as_list(req.input, limit=limit)
         model = engines.select(Task.EMBED, req.model)
         result = await model.embed(texts, normalize=True, dimensions=req.dimensions)
         if req.encoding_format == "base64":
@@ -261,7 +296,7 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
             }
         )
 
-    @router.get("/v1/models", tags=["OpenAI"], response_model=s.ModelList)
+    @router.get("/v1/models", tags=["OpenAI"], response_model=s.ModelList, responses=OPENAI_ERRORS)
     async def models() -> Response:
         return JSON(
             {
@@ -279,10 +314,12 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
             }
         )
 
-    @router.post("/v1/rerank", tags=["Rerank"], response_model=s.V1RerankResponse)
+    @router.post(
+        "/v1/rerank", tags=["Rerank"], response_model=s.V1RerankResponse, responses=OPENAI_ERRORS
+    )
     async def v1_rerank(req: s.V1RerankRequest) -> Response:
         model = engines.select(Task.RERANK, req.model)
-        ranked = await _rerank(
+        ranked, tokens = await _rerank(
             model,
             s.RerankRequest(
                 query=req.query,
@@ -300,6 +337,8 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
             if req.return_documents:
                 entry["document"] = {"text": item["text"]}
             results.append(entry)
-        return JSON({"model": model.spec.name, "results": results, "usage": {"total_tokens": 0}})
+        return JSON(
+            {"model": model.spec.name, "results": results, "usage": {"total_tokens": tokens}}
+        )
 
     return router

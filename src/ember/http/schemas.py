@@ -29,14 +29,16 @@ def _lower_direction(value: object) -> object:
 
 
 class EmbedRequest(_Strict):
-    inputs: str | list[str] = Field(description="A text or a list of texts")
+    inputs: str | Annotated[list[str], Field(min_length=1)] = Field(
+        description="A text or a list of texts"
+    )
     normalize: bool = Field(default=True, description="Scale each vector to unit length")
     truncate: bool | None = Field(
         default=None, description="Truncate inputs over the max length (default: server's)"
     )
     truncation_direction: Literal["right", "left"] = "right"
     dimensions: int | None = Field(
-        default=None, description="Keep the first N dimensions (Matryoshka)"
+        default=None, ge=1, description="Keep the first N dimensions (Matryoshka)"
     )
     prompt_name: str | None = Field(default=None, description="A prompt of the model's config")
     model: str | None = Field(default=None, description="Served model name (several served)")
@@ -46,7 +48,7 @@ class EmbedRequest(_Strict):
 
 class RerankRequest(_Strict):
     query: str
-    texts: list[str]
+    texts: Annotated[list[str], Field(min_length=1)]
     raw_scores: bool = False
     return_text: bool = False
     truncate: bool | None = None
@@ -81,7 +83,7 @@ class Prediction(BaseModel):
 
 
 class TokenizeRequest(_Strict):
-    inputs: str | list[str]
+    inputs: str | Annotated[list[str], Field(min_length=1)]
     add_special_tokens: bool = True
     model: str | None = None
 
@@ -103,12 +105,12 @@ class ErrorBody(BaseModel):
 
 
 class EmbeddingsRequest(_Strict):
-    input: str | list[str] | list[int] | list[list[int]] = Field(
-        description="A text or a list of texts (token arrays are not accepted)"
+    input: str | Annotated[list[str], Field(min_length=1)] = Field(
+        description="A text or a list of texts"
     )
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
 
 
@@ -159,7 +161,7 @@ class OpenAIError(BaseModel):
 
 class V1RerankRequest(_Strict):
     query: str
-    documents: list[str]
+    documents: Annotated[list[str], Field(min_length=1)]
     model: str | None = None
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool = False

@@ -9,7 +9,9 @@ from ember.engine.buckets import Buckets, plan_batches
 from ember.engine.warmup import plan_shapes
 
 
-def make(max_length: int = 256, max_tokens: int = 4096, max_rows: int = 32, gpu: bool = False) -> Buckets:
+def make(
+    max_length: int = 256, max_tokens: int = 4096, max_rows: int = 32, gpu: bool = False
+) -> Buckets:
     return Buckets.build(
         max_length=max_length,
         seq_buckets=[16, 32, 64, 128, 256, 512],

@@ -1,0 +1,293 @@
+"""The torch backend on CUDA without HTTP: warm-up cost per shape, eager vs CUDA graph, steady
+latency per shape class, fp16/bf16 parity with the fp32 reference, import costs and the
+out-of-memory fallback of warm-up.
+
+    python benchmarks/gpu/backend_bench.py --model DIR --out results.json [--sections ...]
+
+Sections (all by default): imports, shapes, steady, parity, oom. Each is independent and
+failure-isolated (its error is recorded, the rest still run). Needs CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ember.backends.base import Batch
+from ember.engine.buckets import Buckets
+from ember.engine.tokenizer import TextTokenizer
+from ember.models import ModelSpec, inspect_model
+
+IMPORTS = {
+    "torch": "import torch",
+    "torch+cuda_init": "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()",
+    "transformers_bert": "import torch; from transformers import AutoModel; "
+    "import transformers.models.bert.modeling_bert",
+    "sentence_transformers": "import sentence_transformers",
+    "fastapi+uvicorn": "import fastapi, uvicorn",
+    "ember_serving_set": "import ember.http.app, ember.engine.registry, tokenizers, numpy",
+}
+
+
+def time_import(code: str, repeats: int = 3) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        out.append(round(time.perf_counter() - t0, 3))
+    return out
+
+
+def gpu_buckets() -> Buckets:
+    return Buckets.build(
+        max_length=256,
+        seq_buckets=[16, 32, 64, 128, 256, 512],
+        row_buckets=[],
+        max_tokens=32768,
+        max_rows=256,
+        gpu=True,
+    )
+
+
+def synthetic_batch(rows: int, seq: int, rng: np.random.Generator) -> Batch:
+    """Random word-piece ids with [CLS]/[SEP], lengths between seq/2 and seq (as bucketing gives)."""
+    ids = np.zeros((rows, seq), dtype=np.int64)
+    mask = np.zeros((rows, seq), dtype=np.int64)
+    for r in range(rows):
+        n = int(rng.integers(max(seq // 2, 2), seq + 1))
+        ids[r, 0], ids[r, n - 1] = 101, 102
+        ids[r, 1 : n - 1] = rng.integers(1000, 30000, size=n - 2)
+        mask[r, :n] = 1
+    return Batch(
+        input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids), real_rows=rows
+    )
+
+
+def padded(spec: ModelSpec, texts: list[str], rows: int, seq: int) -> Batch:
+    tok = TextTokenizer(path=spec.tokenizer_file, max_length=spec.max_length)
+    enc = tok.encode(texts)
+    ids = np.full((rows, seq), tok.pad_id, dtype=np.int64)
+    mask = np.zeros((rows, seq), dtype=np.int64)
+    types = np.zeros((rows, seq), dtype=np.int64)
+    for r, e in enumerate(enc):
+        ids[r, : e.length] = e.ids
+        mask[r, : e.length] = 1
+        types[r, : e.length] = e.type_ids
+    mask[len(enc) :, 0] = 1
+    return Batch(input_ids=ids, attention_mask=mask, token_type_ids=types, real_rows=len(enc))
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+def warm_all(backend: Any, buckets: Buckets, rng: np.random.Generator) -> dict[str, Any]:
+    import torch
+
+    shapes = buckets.shapes()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    per = []
+    for rows, seq in shapes:
+        t1 = time.perf_counter()
+        backend.run(synthetic_batch(rows, seq, rng))
+        per.append({"rows": rows, "seq": seq, "ms": round((time.perf_counter() - t1) * 1000, 2)})
+    total = time.perf_counter() - t0
+    return {
+        "shapes": len(shapes),
+        "total_s": round(total, 3),
+        "per_shape": per,
+        "runner": backend.shape_report(),
+        "describe": backend.describe(),
+        "max_memory_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+        "memory_reserved_mib": round(torch.cuda.memory_reserved() / 2**20, 1),
+    }
+
+
+STEADY = [(1, 16), (1, 64), (1, 256), (8, 256), (32, 64), (64, 64), (256, 64), (128, 256)]
+
+
+def steady(backend: Any, rng: np.random.Generator, n: int = 50) -> dict[str, Any]:
+    out = {}
+    for rows, seq in STEADY:
+        batches = [synthetic_batch(rows, seq, rng) for _ in range(4)]
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            backend.run(batches[i % 4])
+            times.append((time.perf_counter() - t0) * 1000)
+        med = statistics.median(times)
+        out[f"{rows}x{seq}"] = {
+            "median_ms": round(med, 3),
+            "p90_ms": round(sorted(times)[int(0.9 * n)], 3),
+            "rows_per_s": round(rows / med * 1000),
+        }
+    return out
+
+
+def section_shapes(spec: ModelSpec, results: dict[str, Any]) -> None:
+    import torch
+
+    from ember.backends.torch_backend import TorchBackend
+
+    rng = np.random.default_rng(0)
+    buckets = gpu_buckets()
+    for native in (True, False):
+        for graphs in (True, False):
+            name = f"{'native' if native else 'transformers'}-{'graphs' if graphs else 'eager'}"
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            backend = TorchBackend(spec=spec, device="cuda", dtype="float16", cuda_graphs=graphs, native=native)
+            load = time.perf_counter() - t0
+            entry = {"load_s": round(load, 3), "warm": warm_all(backend, buckets, rng)}
+            entry["steady"] = steady(backend, rng)
+            results["shapes"][name] = entry
+            w = entry["warm"]
+            print(
+                f"{name}: load {load:.2f}s warm {w['total_s']:.2f}s "
+                f"graphs {w['describe'].get('graph_shapes')} "
+                f"steady " + ", ".join(f"{k} {v['median_ms']}ms" for k, v in entry["steady"].items()),
+                flush=True,
+            )
+            backend.close()
+            del backend
+
+
+def section_parity(spec: ModelSpec, results: dict[str, Any]) -> None:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from ember.backends.torch_backend import TorchBackend
+    from tests.corpus import PARITY_TEXTS
+
+    st = SentenceTransformer(str(spec.path), device="cpu")
+    st.to(torch.float32)
+    ref = st.encode(PARITY_TEXTS, normalize_embeddings=False, convert_to_numpy=True)
+    st_gpu = SentenceTransformer(str(spec.path), device="cuda")
+    st_gpu.to(torch.float32)
+    ref_gpu = st_gpu.encode(PARITY_TEXTS, normalize_embeddings=False, convert_to_numpy=True)
+    results["parity"]["st_fp32_gpu_vs_cpu_min_cos"] = float(cosines(ref_gpu, ref).min())
+    del st_gpu
+    n = len(PARITY_TEXTS)
+    for dtype in ("float16", "bfloat16", "float32"):
+        for native in (True, False):
+            backend = TorchBackend(spec=spec, device="cuda", dtype=dtype, native=native)
+            found = {}
+            # The same texts through several bucket shapes, each run twice (first run captures).
+            for rows, seq in ((32, 256), (n, 256), (64, 256)):
+                batch = padded(spec, PARITY_TEXTS, rows, seq)
+                first = backend.run(batch)[:n]
+                again = backend.run(batch)[:n]
+                found[f"{rows}x{seq}"] = {
+                    "min_cos": float(cosines(again, ref).min()),
+                    "mean_cos": float(cosines(again, ref).mean()),
+                    "replay_equals_first": bool(np.array_equal(first, again)),
+                }
+            key = f"{dtype}-{'native' if native else 'transformers'}"
+            results["parity"][key] = found
+            print(key, {k: round(v["min_cos"], 6) for k, v in found.items()}, flush=True)
+            backend.close()
+    # Every shape's graph after all were captured into one pool: does a replay still equal an
+    # eager forward of the same batch? (The shared pool is only safe if it does.)
+    rng = np.random.default_rng(1)
+    backend = TorchBackend(spec=spec, device="cuda", dtype="float16")
+    eager = TorchBackend(spec=spec, device="cuda", dtype="float16", cuda_graphs=False)
+    buckets = gpu_buckets()
+    for rows, seq in buckets.shapes():
+        backend.run(synthetic_batch(rows, seq, rng))
+    worst = 1.0
+    for rows, seq in reversed(buckets.shapes()):
+        batch = synthetic_batch(rows, seq, rng)
+        worst = min(worst, float(cosines(backend.run(batch), eager.run(batch)).min()))
+    results["parity"]["graph_vs_eager_all_shapes_min_cos"] = worst
+    print("graph vs eager, all shapes, min cos", worst, flush=True)
+    backend.close()
+    eager.close()
+
+
+def section_oom(spec: ModelSpec, results: dict[str, Any]) -> None:
+    """Warm-up through the real engine with the allocator capped below what 32768 tokens need."""
+    import torch
+
+    from ember.backends.torch_backend import TorchBackend
+    from ember.engine.registry import Engines
+    from ember.settings import Settings
+
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    cap_mib = 200
+    settings = Settings(model=[str(spec.path)], warmup=True)
+
+    def factory(s: ModelSpec, st: Settings) -> TorchBackend:
+        backend = TorchBackend(spec=s, device="cuda", dtype="float16")
+        allowed = torch.cuda.memory_allocated() + cap_mib * 2**20
+        torch.cuda.set_per_process_memory_fraction(allowed / total)
+        return backend
+
+    async def go() -> dict[str, Any]:
+        engines = Engines(settings, backend_factory=factory, gpu=True)
+        t0 = time.perf_counter()
+        await engines.start()
+        took = time.perf_counter() - t0
+        model = engines.models[0] if engines.models else None
+        out = {
+            "stage": engines.stage.value,
+            "error": engines.lifecycle.error,
+            "seconds": round(took, 2),
+            "cap_mib_above_weights": cap_mib,
+        }
+        if model is not None:
+            d = model.describe()
+            out["max_batch_tokens"] = d["buckets"]["max_batch_tokens"]
+            out["shapes"] = d["buckets"]["shapes"]
+            out["describe"] = {k: v for k, v in d.items() if k not in ("warmup",)}
+        await engines.stop()
+        return out
+
+    results["oom"] = asyncio.run(go())
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    print("oom fallback:", {k: v for k, v in results["oom"].items() if k != "describe"}, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--sections", default="imports,shapes,parity,oom")
+    args = parser.parse_args()
+    spec = inspect_model(args.model)
+    results: dict[str, Any] = {"model": args.model, "shapes": {}, "parity": {}, "errors": {}}
+    for section in args.sections.split(","):
+        t0 = time.perf_counter()
+        try:
+            if section == "imports":
+                results["imports"] = {k: time_import(v) for k, v in IMPORTS.items()}
+                print("imports", results["imports"], flush=True)
+            elif section == "shapes":
+                section_shapes(spec, results)
+            elif section == "parity":
+                section_parity(spec, results)
+            elif section == "oom":
+                section_oom(spec, results)
+        except Exception:
+            results["errors"][section] = traceback.format_exc()
+            print(f"section {section} failed:\n{traceback.format_exc()}", flush=True)
+        print(f"-- section {section}: {time.perf_counter() - t0:.1f}s", flush=True)
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The GPU figures of benchmarks/RESULTS-gpu.md, on the lent H100 (device tool), in one call:
+#
+#   STEPS="setup startup backend ember null seed infinity" bash benchmarks/gpu/run_gpu.sh
+#
+# Carried to the device (.git/info/exclude ignores them; see docs/gpu.md):
+#   .whl/*.whl                 ember's serving wheels missing there (fastapi, uvicorn, pydantic...)
+#   .device/minilm-fp16/       all-MiniLM-L6-v2 as fp16 safetensors (the 64 MiB carry limit)
+#   .device/infinity-site.tar.xz  infinity-emb 0.0.78 with sentence-transformers 3.4.1,
+#                              transformers 4.57, huggingface-hub 0.36, tokenizers 0.22 (its own path)
+# The fp16 weights are upcast to /tmp/minilm-fp32, which every server loads (ember casts to fp16
+# itself) and which is the fp32 reference. Results go to $R and, after each step, $OUT/results.tgz.
+#
+# Steps: setup | startup (ember bench startup, 3 runs; first = first-ever start when it is the
+# machine's first use of torch) | backend (benchmarks/gpu/backend_bench.py) | ember | null |
+# replicas2 | replicas4 (load) | seed | infinity (startup + load).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+R=${R:-/tmp/gpu-results}
+OUT=${OUT:-/tmp/gpu-out}
+STEPS=${STEPS:-setup startup backend ember null seed infinity}
+RUNS=${RUNS:-3}
+PEER_RUNS=${PEER_RUNS:-2}
+DURATION=${DURATION:-8}
+WARMUP=${WARMUP:-2}
+CONC=${CONC:-32,128}
+BATCH_CONC=${BATCH_CONC:-8,32}
+MODEL=/tmp/minilm-fp32
+PY=${PY:-python3}
+mkdir -p "$R" "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1
+export INFINITY_ANONYMOUS_USAGE_STATS=0 TOKENIZERS_PARALLELISM=true
+EMBER_PATH=/tmp/site:$ROOT/src:$ROOT
+BENCH=(env PYTHONPATH="$EMBER_PATH" "$PY" -m ember bench)
+
+save() { tar czf "$OUT/results.tgz" -C "$R" . 2>/dev/null || true; }
+log() { echo "== $(date -u +%T) $*"; }
+
+smi_start() {  # sample GPU utilisation every 100 ms while a load runs
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 100 \
+    > "$R/smi-$1.csv" 2>/dev/null &
+  SMI=$!
+}
+smi_stop() { kill "$SMI" 2>/dev/null; wait "$SMI" 2>/dev/null; }
+
+# load LABEL API PATH READY CMD : spawn CMD ({port}), single-text then 32-text loads
+load() {
+  local label=$1 api=$2 path=$3 ready=$4 cmd=$5
+  smi_start "$label"
+  timeout 200 "${BENCH[@]}" load --cmd "$cmd" --api "$api" --path "$path" --ready-path "$ready" \
+    --concurrency "$CONC" --duration "$DURATION" --warmup "$WARMUP" --label "$label" \
+    --out "$R" --no-plot 2>&1 | grep -v '^│\|^┃\|^┏\|^┡\|^└' || log "load $label failed"
+  timeout 200 "${BENCH[@]}" load --cmd "$cmd" --api "$api" --path "$path" --ready-path "$ready" \
+    --batch 32 --concurrency "$BATCH_CONC" --duration "$DURATION" --warmup "$WARMUP" \
+    --label "$label" --out "$R" --no-plot 2>&1 | grep -v '^│\|^┃\|^┏\|^┡\|^└' \
+    || log "load $label b32 failed"
+  smi_stop
+  save
+}
+
+startup() {  # startup LABEL RUNS API EMBED_PATH READY CMD
+  timeout 400 "${BENCH[@]}" startup --runs "$2" --api "$3" --embed-path "$4" --ready-path "$5" \
+    --cmd "$6" --label "$1" --out "$R" --no-plot || log "startup $1 failed"
+  save
+}
+
+EMBER_CMD="env PYTHONPATH=$EMBER_PATH $PY -m ember serve --host 127.0.0.1 --port {port} --model $MODEL"
+SEED_CMD="env PYTHONPATH=$EMBER_PATH $PY $ROOT/benchmarks/gpu/seed_gpu.py --host 127.0.0.1 --port {port} --model $MODEL --no-access-log"
+INF_CMD="env PYTHONPATH=/tmp/inf:/tmp/site $PY -c 'from infinity_emb.cli import cli; cli()' v2 --model-id $MODEL --engine torch --no-bettertransformer --host 127.0.0.1 --port {port}"
+
+for step in $STEPS; do
+  log "step $step"
+  t0=$(date +%s.%N)
+  case $step in
+    setup)
+      nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$R/gpu.txt"
+      lscpu | grep -E 'Model name|^CPU\(s\)' | tee -a "$R/gpu.txt"
+      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl 2>&1 | tail -2
+      mkdir -p /tmp/inf && "$PY" -c "import tarfile; tarfile.open('.device/infinity-site.tar.xz').extractall('/tmp/inf')"
+      # Upcast without importing torch, so that the startup step sees a cold torch.
+      rm -rf "$MODEL" && cp -r .device/minilm-fp16 "$MODEL"
+      "$PY" -c "
+from safetensors.numpy import load_file, save_file
+w = load_file('.device/minilm-fp16/model.safetensors')
+save_file({k: v.astype('float32') if v.dtype.kind == 'f' else v for k, v in w.items()}, '$MODEL/model.safetensors', metadata={'format': 'pt'})"
+      ls -la "$MODEL" | head -3
+      ;;
+    startup)
+      startup ember-gpu "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD"
+      ;;
+    backend)
+      PYTHONPATH=$EMBER_PATH timeout 300 "$PY" benchmarks/gpu/backend_bench.py --model "$MODEL" \
+        --out "$R/backend.json" --sections "${SECTIONS:-imports,shapes,parity,oom}"
+      save
+      ;;
+    ember)
+      load ember-gpu openai /v1/embeddings /ready "$EMBER_CMD"
+      ;;
+    ember-tei)
+      load ember-gpu-tei tei /embed /ready "$EMBER_CMD"
+      ;;
+    null)
+      load null openai /v1/embeddings /ready \
+        "env PYTHONPATH=$EMBER_PATH $PY benchmarks/gpu/null_server.py --port {port} --model $MODEL --gpu-buckets"
+      ;;
+    replicas*)
+      n=${step#replicas}
+      load "ember-gpu-x$n" openai /v1/embeddings /ready \
+        "env PYTHONPATH=$EMBER_PATH $PY benchmarks/gpu/replicas.py --workers $n --port {port} -- --host 127.0.0.1 --model $MODEL"
+      ;;
+    seed)
+      startup seed-gpu "$PEER_RUNS" openai /v1/embeddings /health "$SEED_CMD"
+      load seed-gpu openai /v1/embeddings /health "$SEED_CMD"
+      ;;
+    infinity)
+      startup infinity-torch "$PEER_RUNS" openai /embeddings /health "$INF_CMD"
+      load infinity-torch openai /embeddings /health "$INF_CMD"
+      ;;
+    *) log "unknown step $step" ;;
+  esac
+  log "step $step took $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo '?') s"
+done
+save
+log done

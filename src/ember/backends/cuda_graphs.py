@@ -1,0 +1,243 @@
+"""Run a padded batch on CUDA: static buffers per bucket shape, and a CUDA graph per shape where
+its replay measures faster than the eager forward.
+
+The batcher pads every batch to a bucket, so the shapes are few and known, and warm-up runs each
+one (largest first) before the server is ready. The first batch of a shape does, in order:
+an eager forward on the capture stream (first use of the shape's kernels, cuBLAS heuristics,
+allocator growth), a capture into the memory pool all graphs share, one timed eager forward and
+one timed replay; the graph is kept if its replay was faster. Sharing one pool is safe because
+batches run one at a time and each output is copied to the host before the next batch starts
+(DESIGN: `Backend.run` is called from one worker thread at a time).
+
+Host side: one pinned input buffer (ids, mask and type ids in one block, one host-to-device copy)
+and one pinned output buffer; a batch costs one copy in, one replay, one copy out and one sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ember.backends.base import Batch, FloatArray
+from ember.errors import BackendFailure
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("ember.backends.torch")
+
+Forward = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+"""(input_ids, attention_mask, token_type_ids), int64 (rows, seq) on the device → float32
+(rows, width) on the device."""
+
+
+class DeviceOutOfMemory(BackendFailure):
+    """The device had no memory for a batch shape. Graphs and cached blocks were released; the
+    engine lowers its token budget and warms again (never raised on a live request once warm)."""
+
+
+@dataclass(slots=True)
+class ShapeState:
+    """What one (rows, seq) shape holds on the device."""
+
+    inputs: torch.Tensor
+    """(3, rows, seq) int64: ids, mask, type ids; graphs read from here."""
+    graph: torch.cuda.CUDAGraph | None = None
+    output: torch.Tensor | None = None
+    """The graph's static output (lives in the shared pool)."""
+    first_ms: float = 0.0
+    """First eager forward (cold kernels), capture excluded."""
+    eager_ms: float = 0.0
+    graph_ms: float | None = None
+    capture_ms: float | None = None
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from or during, is a CUDA out-of-memory."""
+    import torch
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, torch.OutOfMemoryError) or "out of memory" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class GraphRunner:
+    """Runs `forward` on CUDA for padded batches; see the module docstring."""
+
+    def __init__(self, *, forward: Forward, device: str, width: int, graphs: bool = True) -> None:
+        import torch
+
+        self._torch = torch
+        self._forward = forward
+        self.device = torch.device(device)
+        self.width = width
+        self.graphs_enabled = graphs
+        self._shapes: dict[tuple[int, int], ShapeState] = {}
+        self._pool: Any = torch.cuda.graph_pool_handle()
+        self._stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
+        self._host_in = torch.empty(0, dtype=torch.int64).pin_memory()
+        self._host_in_np: np.ndarray = self._host_in.numpy()
+        self._host_out = torch.empty(0, dtype=torch.float32).pin_memory()
+        self.capture_failures = 0
+
+    # --- serving ------------------------------------------------------------------------
+
+    def run(self, batch: Batch) -> FloatArray:
+        rows, seq = batch.shape
+        try:
+            state = self._shapes.get((rows, seq))
+            if state is None:
+                return self._first_run(batch)
+            self._upload(batch, state.inputs)
+            if state.graph is not None:
+                state.graph.replay()
+                assert state.output is not None
+                return self._download(state.output)
+            return self._download(self._eager(state.inputs))
+        except BackendFailure:
+            raise
+        except Exception as exc:
+            if is_oom(exc):
+                self._release_after_oom()
+                raise DeviceOutOfMemory(
+                    f"the GPU ran out of memory for a batch of {rows}x{seq} tokens"
+                ) from exc
+            raise
+
+    def _upload(self, batch: Batch, inputs: torch.Tensor) -> None:
+        rows, seq = batch.shape
+        n = rows * seq
+        if self._host_in.numel() < 3 * n:
+            self._host_in = self._torch.empty(3 * n, dtype=self._torch.int64).pin_memory()
+            self._host_in_np = self._host_in.numpy()
+        staged = self._host_in_np[: 3 * n].reshape(3, rows, seq)
+        staged[0] = batch.input_ids
+        staged[1] = batch.attention_mask
+        staged[2] = batch.token_type_ids
+        inputs.copy_(self._host_in[: 3 * n].view(3, rows, seq), non_blocking=True)
+
+    def _download(self, output: torch.Tensor) -> FloatArray:
+        n = output.numel()
+        if self._host_out.numel() < n:
+            self._host_out = self._torch.empty(n, dtype=self._torch.float32).pin_memory()
+        host = self._host_out[:n].view(output.shape)
+        host.copy_(output, non_blocking=True)
+        self._torch.cuda.current_stream(self.device).synchronize()
+        # A copy: the pinned buffer is overwritten by the next batch.
+        array: FloatArray = host.numpy().copy()
+        return array
+
+    def _eager(self, inputs: torch.Tensor) -> torch.Tensor:
+        with self._torch.inference_mode():
+            return self._forward(inputs[0], inputs[1], inputs[2])
+
+    # --- the first batch of a shape -------------------------------------------------------
+
+    def _first_run(self, batch: Batch) -> FloatArray:
+        torch = self._torch
+        rows, seq = batch.shape
+        inputs = torch.empty((3, rows, seq), dtype=torch.int64, device=self.device)
+        self._upload(batch, inputs)
+        state = ShapeState(inputs=inputs)
+        current = torch.cuda.current_stream(self.device)
+        # The first forward (and the capture) run on the side stream capture needs, so that
+        # stream's cuBLAS handle and workspace exist before capture begins.
+        self._stream.wait_stream(current)
+        t0 = time.perf_counter()
+        with torch.cuda.stream(self._stream):
+            out = self._eager(inputs)
+        self._stream.synchronize()
+        state.first_ms = (time.perf_counter() - t0) * 1000
+        current.wait_stream(self._stream)
+        t0 = time.perf_counter()
+        out = self._eager(inputs)
+        current.synchronize()
+        state.eager_ms = (time.perf_counter() - t0) * 1000
+        if self.graphs_enabled:
+            self._capture(state)
+        self._shapes[(rows, seq)] = state
+        if state.graph is not None and state.output is not None:
+            return self._download(state.output)
+        return self._download(out)
+
+    def _capture(self, state: ShapeState) -> None:
+        torch = self._torch
+        graph = torch.cuda.CUDAGraph()
+        t0 = time.perf_counter()
+        try:
+            with (
+                torch.inference_mode(),
+                torch.cuda.graph(graph, pool=self._pool, stream=self._stream),
+            ):
+                output = self._forward(state.inputs[0], state.inputs[1], state.inputs[2])
+        except Exception as exc:
+            if is_oom(exc):
+                raise
+            self.capture_failures += 1
+            if self.capture_failures == 1:
+                log.warning("CUDA graph capture failed (%s); this shape runs eagerly", exc)
+            torch.cuda.synchronize(self.device)
+            return
+        state.capture_ms = (time.perf_counter() - t0) * 1000
+        current = torch.cuda.current_stream(self.device)
+        t0 = time.perf_counter()
+        graph.replay()
+        current.synchronize()
+        state.graph_ms = (time.perf_counter() - t0) * 1000
+        # Keep the graph only where it measured faster (otherwise the caller answers this
+        # batch from the timed eager forward, whose output lives outside the pool).
+        if state.graph_ms < state.eager_ms:
+            state.graph = graph
+            state.output = output
+
+    def _release_after_oom(self) -> None:
+        """Drop every graph and static buffer and return cached blocks to the driver, so that a
+        retry at a smaller token budget starts from an empty pool."""
+        torch = self._torch
+        self._shapes.clear()
+        self._pool = torch.cuda.graph_pool_handle()
+        import gc
+
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+
+    # --- reporting ----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        torch = self._torch
+        graphs = sorted(s for s, st in self._shapes.items() if st.graph is not None)
+        eager = sorted(s for s, st in self._shapes.items() if st.graph is None)
+        return {
+            "cuda_graphs": self.graphs_enabled,
+            "graph_shapes": len(graphs),
+            "eager_shapes": len(eager),
+            "graph_capture_failures": self.capture_failures,
+            "gpu": torch.cuda.get_device_name(self.device),
+            "gpu_memory_reserved_mib": round(torch.cuda.memory_reserved(self.device) / 2**20, 1),
+        }
+
+    def shape_report(self) -> list[dict[str, Any]]:
+        """Per shape: first eager, steady eager, capture and replay milliseconds (benchmarks)."""
+        return [
+            {
+                "rows": r,
+                "seq": s,
+                "first_ms": round(st.first_ms, 3),
+                "eager_ms": round(st.eager_ms, 3),
+                "capture_ms": None if st.capture_ms is None else round(st.capture_ms, 3),
+                "graph_ms": None if st.graph_ms is None else round(st.graph_ms, 3),
+                "graph": st.graph is not None,
+            }
+            for (r, s), st in sorted(self._shapes.items())
+        ]

@@ -1,0 +1,287 @@
+"""Artifacts: what the manifest records, the cache's keys, atomic writes, damage detection and
+the `ember prepare` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ember.backends import artifact
+from ember.backends.artifact import (
+    MANIFEST_NAME,
+    MODEL_FILE,
+    Options,
+    cache_path,
+    ensure_artifact,
+    load_manifest,
+    prepare_main,
+)
+from ember.backends.base import Batch
+from ember.backends.onnx_backend import OnnxBackend
+from ember.errors import ModelError
+from ember.models import BUILTIN_NAME, Task, inspect_model
+from ember.settings import Settings
+
+IDS = np.full((2, 8), 2000, dtype=np.int64)
+BATCH = Batch(
+    input_ids=IDS, attention_mask=np.ones_like(IDS), token_type_ids=np.zeros_like(IDS), real_rows=2
+)
+
+
+def serve(path: Path, settings: Settings) -> OnnxBackend:
+    return OnnxBackend.for_model(spec=inspect_model(str(path)), settings=settings, device="cpu")
+
+
+# --- what an artifact records ----------------------------------------------------------------
+
+
+def test_an_artifact_folder_is_a_complete_spec(builtin_artifact: Path) -> None:
+    spec = inspect_model(str(builtin_artifact))
+    assert spec.onnx_artifact
+    assert spec.path == builtin_artifact
+    assert (spec.name, spec.task, spec.pooling) == (BUILTIN_NAME, Task.EMBED, "mean")
+    assert spec.normalize
+    assert (spec.max_length, spec.dimension, spec.hidden_size) == (256, 384, 384)
+    assert spec.tokenizer_file.is_file()
+    capped = inspect_model(str(builtin_artifact), name="minilm", max_input_length=128)
+    assert (capped.name, capped.max_length) == ("minilm", 128)
+
+
+def test_manifest_records_labels_versions_and_hash(
+    tiny_classifier: Path, settings: Settings
+) -> None:
+    path, manifest = ensure_artifact(inspect_model(str(tiny_classifier)), settings)
+    spec = inspect_model(str(path))
+    assert spec.task is Task.CLASSIFY
+    assert spec.labels == ("negative", "neutral", "positive")
+    assert manifest.model_size == (path / MODEL_FILE).stat().st_size
+    assert manifest.model_sha256 == artifact.file_sha256(path / MODEL_FILE)
+    assert {"ember", "onnxruntime", "onnx", "torch"} <= manifest.versions.keys()
+    assert manifest.inputs == ("input_ids", "attention_mask", "token_type_ids")
+    assert manifest.options == Options()
+    assert manifest.verify["max_abs_diff"] < 1e-3
+
+
+# --- the cache ---------------------------------------------------------------------------------
+
+
+def test_cache_hit_miss_and_reprepare(
+    tiny_plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(cache_dir=tmp_path, threads=1)
+    spec = inspect_model(str(tiny_plain))
+    first, _ = ensure_artifact(spec, settings)  # a miss: prepared now
+    assert first.parent == tmp_path / "onnx"
+
+    def no_build(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a cache hit must not prepare again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(artifact, "_build", no_build)
+        again, _ = ensure_artifact(spec, settings)
+    assert again == first
+
+    int8 = settings.model_copy(update={"quantize": "int8"})
+    quantized, manifest = ensure_artifact(spec, int8)  # another option: another artifact
+    assert quantized != first
+    assert manifest.options.quantize == "int8"
+    backend = serve(quantized, int8)
+    assert backend.describe()["dtype"] == "int8"
+    fp32 = serve(first, settings).run(BATCH)
+    assert float(np.dot(backend.run(BATCH)[0], fp32[0])) > 0
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir() if not p.name.startswith(".")) == (
+        sorted([first.name, quantized.name])
+    )
+
+
+def test_cache_key_follows_the_source_and_the_graph_options(
+    tiny_plain: Path, tmp_path: Path, settings: Settings
+) -> None:
+    source = tmp_path / "model"
+    shutil.copytree(tiny_plain, source)
+    spec = inspect_model(str(source))
+    key = cache_path(settings, spec, Options())
+    assert cache_path(settings, spec, Options()) == key
+    assert cache_path(settings, spec, Options(optimize=0)) != key
+    assert cache_path(settings, inspect_model(str(source), pooling="cls"), Options()) != key
+    config = source / "config.json"
+    stat = config.stat()
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert cache_path(settings, spec, Options()) != key  # a changed model is prepared again
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+
+def test_a_failed_prepare_leaves_nothing_and_the_next_one_cleans_up(
+    tiny_plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(cache_dir=tmp_path, threads=1)
+    spec = inspect_model(str(tiny_plain))
+    dest = cache_path(settings, spec, Options())
+
+    def half_export(*args: Any, path: Path, **kwargs: Any) -> None:
+        path.write_bytes(b"half a graph")
+        raise ModelError("export failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(artifact, "_export", half_export)
+        with pytest.raises(ModelError, match="export failed"):
+            ensure_artifact(spec, settings)
+    assert not dest.exists()
+    # What a killed prepare leaves (no `finally` ran): a temp folder beside the destination.
+    stale = dest.parent / f".{dest.name}.tmp-1-dead"
+    stale.mkdir()
+    (stale / MODEL_FILE).write_bytes(b"half")
+    path, _ = ensure_artifact(spec, settings)
+    assert path == dest
+    assert [p.name for p in dest.parent.iterdir() if ".tmp-" in p.name] == []
+
+
+# --- damage is detected, never served ----------------------------------------------------------
+
+
+def _truncate(path: Path) -> None:
+    model = path / MODEL_FILE
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+
+
+def _garble_weights(path: Path) -> None:
+    """Same size, different bytes: only the hash can tell."""
+    model = path / MODEL_FILE
+    data = bytearray(model.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)
+    model.write_bytes(bytes(data))
+
+
+def _garble_header(path: Path) -> None:
+    model = path / MODEL_FILE
+    data = bytearray(model.read_bytes())
+    data[:256] = b"\xff" * 256
+    model.write_bytes(bytes(data))
+
+
+def _edit_manifest(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        file = path / MANIFEST_NAME
+        data = json.loads(file.read_text())
+        change(data)
+        file.write_text(json.dumps(data))
+
+    return damage
+
+
+def _bad_json(path: Path) -> None:
+    (path / MANIFEST_NAME).write_text('{"format_version": 1, "key": ')
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "truncated-model": (_truncate, MODEL_FILE),
+    "garbled-weights": (_garble_weights, MODEL_FILE),
+    "garbled-header": (_garble_header, MODEL_FILE),
+    "missing-model": (lambda p: (p / MODEL_FILE).unlink(), MODEL_FILE),
+    "manifest-not-json": (_bad_json, MANIFEST_NAME),
+    "manifest-size": (_edit_manifest(lambda d: d["graph"].update(size=1)), MODEL_FILE),
+    "manifest-hash": (_edit_manifest(lambda d: d["graph"].update(sha256="0" * 64)), MODEL_FILE),
+    "manifest-field": (_edit_manifest(lambda d: d["model"].update(max_length="x")), MANIFEST_NAME),
+    "manifest-task": (_edit_manifest(lambda d: d["model"].update(task="dance")), MANIFEST_NAME),
+    "manifest-format": (_edit_manifest(lambda d: d.update(format_version=99)), MANIFEST_NAME),
+    "missing-tokenizer": (lambda p: (p / "tokenizer.json").unlink(), "tokenizer.json"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_damaged_artifacts_raise_naming_the_file(
+    damage: tuple[Callable[[Path], None], str],
+    tiny_artifact: Path,
+    tmp_path: Path,
+    settings: Settings,
+) -> None:
+    harm, culprit = damage
+    copy = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, copy)
+    harm(copy)
+    with pytest.raises(ModelError) as caught:
+        serve(copy, settings)
+    assert str(copy / culprit) in caught.value.message
+
+
+# --- `ember prepare` ---------------------------------------------------------------------------
+
+
+def test_prepare_reports_an_up_to_date_artifact(
+    tiny_plain: Path, tiny_artifact: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = prepare_main(settings, source=str(tiny_plain), out=None, optimize=None, force=False)
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert out.strip() == str(tiny_artifact)
+    assert "already prepared" in err
+
+
+def test_prepare_to_a_folder_and_serve_it(
+    tiny_plain: Path,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "art"
+    # Level 0 keeps the raw export; the serving session then optimises it at start.
+    code = prepare_main(settings, source=str(tiny_plain), out=str(out), optimize=0, force=False)
+    assert code == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    backend = serve(out, settings)
+    assert backend.describe()["session"]["graph_optimization_level"] == 99
+    np.testing.assert_allclose(
+        backend.run(BATCH), serve(tiny_artifact, settings).run(BATCH), atol=1e-5
+    )
+    # Other options into the same folder need --force, which replaces it.
+    args: dict[str, Any] = {"source": str(tiny_plain), "out": str(out), "optimize": 2}
+    assert prepare_main(settings, **args, force=False) == 1
+    assert "--force" in capsys.readouterr().err
+    assert prepare_main(settings, **args, force=True) == 0
+    assert load_manifest(out).options.optimize == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "out", "message"),
+    [
+        ("{tmp}/nowhere", None, "does not exist"),
+        ("{artifact}", None, "already a prepared artifact"),
+        ("{plain}", "{tmp}", "is not an ember artifact"),
+    ],
+)
+def test_prepare_errors_are_one_line(  # noqa: PLR0917 - parameters and fixtures
+    source: str,
+    out: str | None,
+    message: str,
+    tiny_plain: Path,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "something").write_text("not an artifact")
+    names = {"tmp": tmp_path, "artifact": tiny_artifact, "plain": tiny_plain}
+    code = prepare_main(
+        settings,
+        source=source.format(**names),
+        out=out and out.format(**names),
+        optimize=None,
+        force=False,
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("ember: error: ")
+    assert message in captured.err

@@ -1,0 +1,95 @@
+"""A stand-in embedding server for `ember bench` tests: no model, answers in microseconds.
+
+    python fake_server.py --port P [--ready-after S] [--exit-after S] [--ignore-term]
+                              [--dim N] [--delay S]
+
+/health is 200 at once; /ready is 503 until `ready-after` seconds have passed; POST /embed
+(TEI) and POST /v1/embeddings (OpenAI) return one 4-dim vector per input; else 404.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import time
+
+
+DIM = 4
+
+
+def vectors(n: int) -> list[list[float]]:
+    return [[0.123456789] * DIM for _ in range(n)]
+
+
+def answer(method: str, path: str, body: bytes, ready: bool) -> tuple[int, object]:
+    if path == "/health":
+        return 200, {"status": "alive"}
+    if path == "/ready":
+        return (200, {"status": "ready"}) if ready else (503, {"stage": "warming"})
+    if method == "POST" and path == "/embed":
+        inputs = json.loads(body)["inputs"]
+        return 200, vectors(1 if isinstance(inputs, str) else len(inputs))
+    if method == "POST" and path == "/v1/embeddings":
+        texts = json.loads(body)["input"]
+        n = 1 if isinstance(texts, str) else len(texts)
+        data = [
+            {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors(n))
+        ]
+        return 200, {"object": "list", "data": data, "model": "fake"}
+    return 404, {"error": "not found"}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ready-after", type=float, default=0.0)
+    parser.add_argument("--exit-after", type=float, default=None)
+    parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--dim", type=int, default=4, help="vector length")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    args = parser.parse_args()
+    global DIM  # noqa: PLW0603
+    DIM = args.dim
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    start = time.monotonic()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                method, path, _ = lines[0].split(" ")
+                length = 0
+                for line in lines[1:]:
+                    if line.lower().startswith("content-length:"):
+                        length = int(line.split(":", 1)[1])
+                body = await reader.readexactly(length)
+                ready = time.monotonic() - start >= args.ready_after
+                status, payload = answer(method, path, body, ready)
+                if args.delay and method == "POST":
+                    await asyncio.sleep(args.delay)
+                data = json.dumps(payload).encode()
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n".encode()
+                    + data
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", args.port)
+    async with server:
+        if args.exit_after is not None:
+            await asyncio.sleep(args.exit_after)
+            raise SystemExit(3)
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

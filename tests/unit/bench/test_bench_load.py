@@ -1,0 +1,157 @@
+"""Pure parts of `ember bench load`, and one short run against a fake server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ember.bench.client import Endpoint
+from ember.bench.load import (
+    LoadConfig,
+    latency_summary,
+    parse_concurrency,
+    percentile,
+    run_load,
+    tree_cpu_delta,
+)
+from ember.bench.startup import free_port, stop_server
+
+FAKE = Path(__file__).with_name("fake_server.py")
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    import numpy as np
+
+    values = sorted([3.0, 1.0, 4.0, 1.5, 9.0, 2.6, 5.0])
+    for q in (0, 10, 50, 90, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_latency_summary() -> None:
+    summary = latency_summary([float(i) for i in range(1, 101)])
+    assert summary == {"p50": 50.5, "p90": 90.1, "p99": 99.01, "mean": 50.5, "max": 100.0}
+    assert latency_summary([]) == dict.fromkeys(("p50", "p90", "p99", "mean", "max"))
+
+
+def test_parse_concurrency() -> None:
+    assert parse_concurrency("1,8, 32,128") == [1, 8, 32, 128]
+    for bad in ("", "0", "1,-2", "a"):
+        with pytest.raises(ValueError):
+            parse_concurrency(bad)
+
+
+def test_tree_cpu_delta_counts_new_processes_from_zero() -> None:
+    assert tree_cpu_delta({1: 1.0, 2: 5.0}, {1: 1.5, 2: 6.0, 3: 0.25}) == pytest.approx(1.75)
+
+
+@pytest.fixture
+def fake_server() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE), "--port", str(port)], start_new_session=True
+    )
+    import asyncio
+
+    from ember.bench.startup import wait_ready
+
+    asyncio.run(
+        wait_ready(
+            Endpoint("127.0.0.1", port),
+            proc,
+            t0=0.0,
+            ready_path="/ready",
+            health_path=None,
+            ready_timeout=1e9,
+        )
+    )
+    yield port, proc
+    stop_server(proc, timeout=5)
+
+
+@pytest.mark.parametrize("api", ["tei", "openai"])
+def test_run_load_against_fake_server(
+    fake_server: tuple[int, subprocess.Popen[bytes]], api: str
+) -> None:
+    port, proc = fake_server
+    config = LoadConfig(
+        endpoint=Endpoint("127.0.0.1", port),
+        api=api,  # type: ignore[arg-type]
+        concurrency=(1, 4),
+        duration=0.3,
+        warmup=0.05,
+        batch=3,
+        server_pid=proc.pid,
+        label="fake",
+    )
+    result = run_load(config)
+    assert result["kind"] == "load"
+    assert result["path"] == ("/embed" if api == "tei" else "/v1/embeddings")
+    assert [level["concurrency"] for level in result["levels"]] == [1, 4]
+    for level in result["levels"]:
+        assert level["ok"] > 0 and level["errors"] == {}
+        assert level["emb_per_s"] == pytest.approx(3 * level["req_per_s"], rel=0.01)
+        assert level["latency_ms"]["p50"] <= level["latency_ms"]["p99"]
+        assert level["server_cpu_pct"] is not None and level["client_cpu_us_per_req"] > 0
+        assert level["reconnects"] == 0
+
+
+def test_run_load_is_bounded_by_count_and_counts_errors(
+    fake_server: tuple[int, subprocess.Popen[bytes]],
+) -> None:
+    port, _ = fake_server
+    config = LoadConfig(
+        endpoint=Endpoint("127.0.0.1", port),
+        path="/nowhere",
+        concurrency=(4,),
+        duration=30,
+        warmup=0,
+        max_requests=10,
+    )
+    (level,) = run_load(config)["levels"]
+    assert level["requests"] == 10 and level["ok"] == 0
+    assert level["errors"] == {"404": 10}
+    assert level["latency_ms"]["p50"] is None
+
+
+def test_cli_refuses_non_loopback_targets(capsys: pytest.CaptureFixture[str]) -> None:
+    from ember.bench.cli import main
+
+    assert main(["load", "--url", "http://192.168.0.10:8080", "--duration", "1"]) == 2
+    assert "loopback" in capsys.readouterr().err
+
+
+def _load_doc(label: str, batch: int) -> dict[str, object]:
+    levels = [
+        {"concurrency": c, "emb_per_s": 10.0 * c, "latency_ms": {"p50": 1.0 * c, "p99": 2.0 * c}}
+        for c in (1, 8, 32)
+    ]
+    return {"kind": "load", "label": label, "batch": batch, "levels": levels}
+
+
+def test_plot_files_combines_load_results(tmp_path: Path) -> None:
+    import orjson
+
+    from ember.bench.plot import load_label, plot_files
+
+    paths = []
+    for label, batch in (("ember", 1), ("seed", 1), ("ember", 32)):
+        path = tmp_path / f"{label}-{batch}.json"
+        path.write_bytes(orjson.dumps(_load_doc(label, batch)))
+        paths.append(path)
+    plot_files(paths, tmp_path / "cmp.png")
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
+    assert load_label(_load_doc("ember", 32)) == "ember (batch 32)"
+    assert load_label(_load_doc("ember-b32", 32)) == "ember-b32"
+    startup = tmp_path / "startup.json"
+    startup.write_bytes(orjson.dumps({"kind": "startup", "label": "x", "runs": []}))
+    with pytest.raises(ValueError, match="together"):
+        plot_files([paths[0], startup], tmp_path / "mixed.png")
