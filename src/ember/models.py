@@ -47,6 +47,8 @@ class ModelSpec:
     hidden_size: int = 0
     prompts: dict[str, str] = field(default_factory=dict)
     """Named prompts (sentence-transformers `prompts`), for TEI's `prompt_name`."""
+    default_prompt_name: str | None = None
+    """The prompt sentence-transformers applies when none is named."""
     onnx_artifact: bool = False
     """The folder is an `ember prepare` artifact rather than a source model."""
 
@@ -286,10 +288,14 @@ def _inspect(
     if max_input_length is not None:
         max_length = min(max_length, max_input_length)
     prompts: dict[str, str] = {}
+    default_prompt_name: str | None = None
     st_cfg = path / "config_sentence_transformers.json"
     if st_cfg.is_file():
-        raw = _read_json(st_cfg).get("prompts") or {}
+        st = _read_json(st_cfg)
+        raw = st.get("prompts") or {}
         prompts = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        default = st.get("default_prompt_name")
+        default_prompt_name = str(default) if default and str(default) in prompts else None
     hidden = int(config.get("hidden_size", config.get("dim", 0)) or 0)
     served = name or (BUILTIN_NAME if source in ("", BUILTIN) else _default_name(source, path))
     return ModelSpec(
@@ -306,6 +312,7 @@ def _inspect(
         model_type=str(config.get("model_type", "")),
         hidden_size=hidden,
         prompts=prompts,
+        default_prompt_name=default_prompt_name,
     )
 
 

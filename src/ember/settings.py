@@ -26,6 +26,17 @@ def _default_cache_dir() -> Path:
     return Path(user_cache_dir("ember"))
 
 
+def _cgroup_cpu_quota(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """Whole CPUs of a cgroup v2 quota (`max` or no file: none), rounded up."""
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return -(-int(quota) // int(period))
+
+
 def _split_list(value: object) -> object:
     """Accept `a,b` and JSON lists from the environment, and lists from the CLI."""
     if isinstance(value, str):
@@ -151,11 +162,14 @@ class Settings(BaseSettings):
         return self
 
     def available_cores(self) -> int:
-        """Cores this process may use (the affinity mask, not the machine's count)."""
+        """Cores this process may use: the affinity mask, capped by a cgroup CPU quota (a pod's
+        CPU limit shows every core of the node in the mask, but only the quota is usable)."""
         try:
-            return len(os.sched_getaffinity(0))
+            cores = len(os.sched_getaffinity(0))
         except AttributeError:  # pragma: no cover - not Linux
-            return os.cpu_count() or 1
+            cores = os.cpu_count() or 1
+        quota = _cgroup_cpu_quota()
+        return max(1, min(cores, quota)) if quota else cores
 
     def intra_op_threads(self) -> int:
         return self.threads or self.available_cores()

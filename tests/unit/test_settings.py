@@ -65,3 +65,16 @@ def test_invalid_values_are_rejected() -> None:
 def test_api_key_is_secret() -> None:
     s = Settings(api_key="abc123")  # type: ignore[arg-type]
     assert "abc123" not in repr(s)
+
+
+def test_cgroup_quota_caps_the_cores(tmp_path: pytest.TempPathFactory) -> None:
+    from pathlib import Path
+
+    from ember.settings import _cgroup_cpu_quota
+
+    base = Path(str(tmp_path))
+    (base / "limited").write_text("150000 100000\n")
+    (base / "unlimited").write_text("max 100000\n")
+    assert _cgroup_cpu_quota(base / "limited") == 2
+    assert _cgroup_cpu_quota(base / "unlimited") is None
+    assert _cgroup_cpu_quota(base / "missing") is None

@@ -180,7 +180,8 @@ class HttpConnection:
         counts it, and the next call reconnects.
         """
         try:
-            return await asyncio.wait_for(self._roundtrip(method, path, body), self.timeout)
+            async with asyncio.timeout(self.timeout):  # no extra Task, unlike wait_for in 3.11
+                return await self._roundtrip(method, path, body)
         except TimeoutError as exc:  # before OSError, its base class
             await self.close()
             raise HttpError(f"timeout after {self.timeout:g} s", kind="timeout") from exc

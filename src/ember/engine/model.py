@@ -239,6 +239,7 @@ class ModelEngine:
         prompt_name: str | None = None,
     ) -> Result:
         self.require(Task.EMBED)
+        prompt_name = prompt_name or self.spec.default_prompt_name
         if prompt_name is not None:
             if prompt_name not in self.spec.prompts:
                 known = ", ".join(sorted(self.spec.prompts)) or "none"

@@ -43,7 +43,7 @@ class JSON(Response):
     media_type = _JSON
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
 def _as_list(value: str | list[str], *, limit: int) -> list[str]:
@@ -93,6 +93,18 @@ def _parse(schema: type[_Body], body: dict[str, Any]) -> _Body:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
+def _tei_model_type(model: ModelEngine) -> dict[str, Any]:
+    """TEI's `model_type`: embedding (pooling), reranker or classifier (labels)."""
+    spec = model.spec
+    if model.task is Task.EMBED:
+        return {"embedding": {"pooling": spec.pooling}}
+    labels = {
+        "id2label": dict(enumerate(spec.labels)),
+        "label2id": {label: i for i, label in enumerate(spec.labels)},
+    }
+    return {"reranker" if model.task is Task.RERANK else "classifier": labels}
+
+
 def build_router(engines: Engines, settings: Settings) -> APIRouter:
     router = APIRouter()
     limit = settings.max_client_batch_size
@@ -140,7 +152,7 @@ def build_router(engines: Engines, settings: Settings) -> APIRouter:
             d = first.describe()
             body |= {
                 "model_id": d["model_id"],
-                "model_type": {first.task.value: {"pooling": d.get("pooling")}},
+                "model_type": _tei_model_type(first),
                 "max_input_length": d["max_input_length"],
                 "max_batch_tokens": d["buckets"]["max_batch_tokens"],
                 "max_batch_requests": d["buckets"]["max_batch_requests"],

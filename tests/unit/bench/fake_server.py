@@ -15,7 +15,6 @@ import json
 import signal
 import time
 
-
 DIM = 4
 
 
