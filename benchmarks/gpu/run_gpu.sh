@@ -27,7 +27,7 @@ DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-2}
 CONC=${CONC:-32,128}
 BATCH_CONC=${BATCH_CONC:-8,32}
-MODEL=/tmp/minilm-fp32
+MODEL=${MODEL:-/tmp/minilm-fp32}
 PY=${PY:-python3}
 mkdir -p "$R" "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1
@@ -66,7 +66,7 @@ startup() {  # startup LABEL RUNS API EMBED_PATH READY CMD
   save
 }
 
-EMBER_CMD="env PYTHONPATH=$EMBER_PATH $PY -m ember serve --host 127.0.0.1 --port {port} --model $MODEL"
+EMBER_CMD="env PYTHONPATH=$EMBER_PATH $PY -m ember serve --host 127.0.0.1 --port {port} --model $MODEL --exit-on-failure"
 SEED_CMD="env PYTHONPATH=$EMBER_PATH $PY $ROOT/benchmarks/gpu/seed_gpu.py --host 127.0.0.1 --port {port} --model $MODEL --no-access-log"
 INF_CMD="env PYTHONPATH=/tmp/inf:/tmp/site $PY -c 'from infinity_emb.cli import cli; cli()' v2 --model-id $MODEL --engine torch --no-bettertransformer --host 127.0.0.1 --port {port}"
 

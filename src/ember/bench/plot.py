@@ -24,6 +24,16 @@ def _pyplot() -> Any:
     return plt
 
 
+def _plain_log_axis(ax: Any, axis: str = "y") -> None:
+    """Log scale with plain numbers (3, 10, 300) instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    formatter = FuncFormatter(lambda value, _pos: f"{value:g}")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(formatter)
+    target.set_minor_formatter(formatter)
+
+
 def load_label(result: Mapping[str, Any]) -> str:
     """A load result's legend entry: its label, with the batch size when it is not 1."""
     label = str(result.get("label", "?"))
@@ -56,6 +66,7 @@ def plot_startup(result: Mapping[str, Any], out: Path) -> None:
             )
     ax_lat.set_xticks(range(len(classes)), classes)
     ax_lat.set_yscale("log")
+    _plain_log_axis(ax_lat)
     ax_lat.set_ylabel("latency, ms (log)")
     ax_lat.set_title("first request vs steady median, per shape class")
     ax_lat.legend(fontsize=7, ncols=2)
@@ -84,8 +95,11 @@ def plot_load(results: Sequence[Mapping[str, Any]], out: Path) -> None:
         for key, style in (("p50", "o-"), ("p99", "s--")):
             ys = [level["latency_ms"][key] for level in levels]
             ax_lat.plot(xs, ys, style, color=f"C{i}", label=f"{label} {key}")
+    levels_seen = sorted({level["concurrency"] for r in results for level in r["levels"]})
     for ax in (ax_tp, ax_lat):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels_seen, [str(c) for c in levels_seen])
+        ax.minorticks_off()
         ax.set_xlabel("concurrency (closed-loop users)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -93,6 +107,7 @@ def plot_load(results: Sequence[Mapping[str, Any]], out: Path) -> None:
     ax_tp.set_ylim(bottom=0)
     ax_tp.set_title("throughput")
     ax_lat.set_yscale("log")
+    _plain_log_axis(ax_lat)
     ax_lat.set_ylabel("latency, ms (log)")
     ax_lat.set_title("p50 (solid) and p99 (dashed)")
     fig.suptitle("load: " + ", ".join(load_label(r) for r in results))
@@ -106,12 +121,14 @@ def plot_startup_comparison(results: Sequence[Mapping[str, Any]], out: Path) -> 
     plt = _pyplot()
     fig, (ax_ready, ax_ratio) = plt.subplots(1, 2, figsize=(12, 4.8))
     labels = [str(r["label"]) for r in results]
-    for k, key in enumerate(("health_seconds_median", "ready_seconds_median")):
-        xs = [i + (k - 0.5) * 0.38 for i in range(len(results))]
-        ax_ready.bar(xs, [r["summary"].get(key) or 0.0 for r in results], 0.38, label=key)
+    probes = ("port", "health", "ready")
+    for k, probe in enumerate(probes):
+        xs = [i + (k - 1) * 0.27 for i in range(len(results))]
+        ys = [r["summary"].get(f"{probe}_seconds_median") or 0.0 for r in results]
+        ax_ready.bar(xs, ys, 0.27, label=probe)
     ax_ready.set_xticks(range(len(labels)), labels)
     ax_ready.set_ylabel("seconds from spawn (median of runs)")
-    ax_ready.set_title("time to health / ready")
+    ax_ready.set_title("time to port open / health 200 / ready 200")
     ax_ready.legend(fontsize=7)
     classes: list[str] = []
     for r in results:
@@ -131,6 +148,7 @@ def plot_startup_comparison(results: Sequence[Mapping[str, Any]], out: Path) -> 
     ax_ratio.axhline(1.0, color="black", linewidth=0.8)
     ax_ratio.set_xticks(range(len(classes)), classes)
     ax_ratio.set_yscale("log")
+    _plain_log_axis(ax_ratio)
     ax_ratio.set_ylabel("first / steady median (log; 1 = warm)")
     ax_ratio.set_title("first request penalty per shape class")
     ax_ratio.legend(fontsize=7)

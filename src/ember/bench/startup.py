@@ -363,12 +363,14 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 def summarize(runs: list[RunResult]) -> dict[str, float | None]:
     """Medians and maxima over the successful runs; worst_ratio is the largest class ratio."""
     ready = [r.ready_seconds for r in runs]
+    port = [r.port_seconds for r in runs if r.port_seconds is not None]
     health = [r.health_seconds for r in runs if r.health_seconds is not None]
     rss = [r.rss_mb_at_ready for r in runs if r.rss_mb_at_ready is not None]
     ratios = [c.ratio for r in runs for c in r.classes.values() if c.ratio is not None]
     return {
         "ready_seconds_median": statistics.median(ready) if ready else None,
         "ready_seconds_max": max(ready) if ready else None,
+        "port_seconds_median": statistics.median(port) if port else None,
         "health_seconds_median": statistics.median(health) if health else None,
         "rss_mb_at_ready_median": statistics.median(rss) if rss else None,
         "worst_ratio": max(ratios) if ratios else None,
