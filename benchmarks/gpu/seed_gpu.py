@@ -15,8 +15,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
 
-import seed_server  # noqa: E402
-from sentence_transformers import SentenceTransformer  # noqa: E402
+import seed_server
+from sentence_transformers import SentenceTransformer
 
 
 class _AutoDevice(SentenceTransformer):  # type: ignore[misc]

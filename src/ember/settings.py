@@ -99,18 +99,17 @@ class Settings(BaseSettings):
     payload_limit: int = Field(default=2_000_000, ge=1024)
     """Largest request body in bytes (413 above, rejected before it is read whole)."""
     max_batch_tokens: int | None = Field(default=None, ge=16)
-    """Most padded tokens (rows x padded length) in one batch; default 4096 on CPU, 32768 on
+    """Most padded tokens (rows x padded length) in one batch; default 2048 on CPU, 32768 on
     CUDA."""
     max_batch_requests: int | None = Field(default=None, ge=1)
     """Most rows in one batch; default 32 on CPU, 256 on CUDA."""
     max_concurrent_requests: int = Field(default=512, ge=1)
     """Most inputs queued or running at once; past it requests get 429 at once."""
-    seq_buckets: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [16, 32, 64, 128, 256, 512]
-    )
-    """Padded sequence lengths a batch may have (capped at the max input length)."""
+    seq_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    """Padded sequence lengths a batch may have (capped at the max input length); default:
+    steps of 8 to 64, then 16, 32, 64 on CPU; 16, 32, ..., 512 on CUDA."""
     row_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    """Row counts a batch may have; default: 1-4, then steps of about 1.5x on CPU, powers of two
+    """Row counts a batch may have; default: every count on CPU (no padded rows), powers of two
     on CUDA."""
 
     # --- warm-up ---------------------------------------------------------------------
@@ -119,9 +118,9 @@ class Settings(BaseSettings):
     warmup_rounds: int = Field(default=1, ge=1)
     """Times each warm-up shape runs."""
     warmup_plan: Literal["auto", "full", "cover"] = "auto"
-    """`full` runs every bucket shape; `cover` runs the largest shape, then one row and the most
-    rows at each length (enough on CPU, shown by `benchmarks/cold_shapes.py`); `auto`: `full` on
-    CUDA, `cover` on CPU."""
+    """`full` runs every bucket shape; `cover` runs the largest shape, then one row at each
+    length (enough on CPU, shown by `benchmarks/cold_shapes.py`); `auto`: `full` on CUDA,
+    `cover` on CPU."""
 
     # --- operations ------------------------------------------------------------------
     api_key: SecretStr | None = None

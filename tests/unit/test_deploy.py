@@ -188,7 +188,7 @@ def test_the_formula_is_in_the_output(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "# startupProbe /health: 0 + 2 × 42 = 84 s ≥ T × m = 82.6 s" in out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(
     ready=st.floats(min_value=0.01, max_value=3600),
     rss=st.floats(min_value=1, max_value=200_000),
@@ -288,13 +288,16 @@ _scalars = (
 _json = st.recursive(
     _scalars | st.text() | _tricky,
     lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text() | _tricky, inner, max_size=4)
+        st.lists(inner, max_size=4)
+        # YAML caps implicit keys at 1024 characters; manifest keys are short.
+        | st.dictionaries(st.text(max_size=64) | _tricky, inner, max_size=4)
     ),
     max_leaves=20,
 )
 
 
-@settings(max_examples=300, deadline=None)
+# Derandomised: CI runs the same 300 examples every time (a fixed seed, as DESIGN asks).
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(_json)
 def test_yaml_round_trips(value: object) -> None:
     assert yaml.safe_load(deploy.to_yaml(value, comments=["a\nb"])) == value

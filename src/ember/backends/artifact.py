@@ -36,7 +36,7 @@ import numpy as np
 from ember import __version__
 from ember.errors import EmberError, ModelError
 from ember.models import ModelSpec, Task, folder_digest, inspect_model
-from ember.settings import Settings
+from ember.settings import Quantize, Settings
 
 if TYPE_CHECKING:
     import torch
@@ -95,8 +95,8 @@ StepFn = Callable[[str], AbstractContextManager[None]]
 class Options:
     """What, besides the source model, changes the prepared graph."""
 
-    quantize: str = "none"
-    """`none` or `int8` (dynamic, weights per tensor, s8)."""
+    quantize: Quantize = "none"
+    """`none` or `int8` (dynamic: s8 weights per channel, u8 activations)."""
     optimize: int = DEFAULT_OPTIMIZE
     """0: the raw export, optimised by ORT at every start; 1/2/99: fused and optimised once."""
     opset: int = OPSET
@@ -280,7 +280,7 @@ def _parse_manifest(data: dict[str, Any], file: Path) -> Manifest:
         architecture=model.get("architecture", str),
         model_type=model.get("model_type", str),
         options=Options(
-            quantize=options.get("quantize", str),
+            quantize=_quantize_option(options),
             optimize=options.get("optimize", int),
             opset=options.get("opset", int),
         ),
@@ -292,6 +292,15 @@ def _parse_manifest(data: dict[str, Any], file: Path) -> Manifest:
         versions={str(k): str(v) for k, v in versions.data.items()},
         verify={str(k): float(v) for k, v in root.section("verify").data.items()},
     )
+
+
+def _quantize_option(options: _Reader) -> Quantize:
+    value = options.get("quantize", str)
+    if value == "int8":
+        return "int8"
+    if value == "none":
+        return "none"
+    raise options.bad("quantize")
 
 
 def is_artifact(path: Path) -> bool:
@@ -311,7 +320,10 @@ def load_manifest(path: Path) -> Manifest:
         raise ModelError(f"{file} is not readable JSON ({exc}); prepare the model again") from None
     if not isinstance(data, dict):
         raise ModelError(f"{file} does not hold a JSON object; prepare the model again")
-    manifest = _parse_manifest(data, file)
+    try:
+        manifest = _parse_manifest(data, file)
+    except (TypeError, ValueError, AttributeError) as exc:  # e.g. a non-numeric figure
+        raise ModelError(f"{file} is not a valid ember manifest ({exc}); prepare again") from None
     tokenizer = path / "tokenizer.json"
     if not tokenizer.is_file():
         raise ModelError(f"{tokenizer} is missing from the artifact; prepare the model again")
@@ -494,7 +506,9 @@ def _build(spec: ModelSpec, options: Options, *, out: Path, step: StepFn) -> Man
     with step(f"optimise (ORT level {options.optimize})"):
         _save_optimized(graph, model_file, options.optimize)
     with step("verify against torch"):
-        verify, inputs = _verify(module, feeds, model_file, options)
+        verify, inputs = _verify(
+            module, feeds, model_file, options=options, embed=spec.task is Task.EMBED
+        )
     shutil.rmtree(work)
     with step("write manifest"):
         _copy_tokenizer(spec.path, out)
@@ -600,7 +614,7 @@ def _sample_feeds(spec: ModelSpec, names: list[str]) -> dict[str, np.ndarray[Any
     encs = tok.encode_batch(items)
     seq = max(len(e.ids) for e in encs)
     feeds = {name: np.zeros((len(encs), seq), dtype=np.int64) for name in names}
-    pad = tok.token_to_id("[PAD]") or tok.token_to_id("<pad>") or 0
+    pad = next((i for t in ("[PAD]", "<pad>") if (i := tok.token_to_id(t)) is not None), 0)
     feeds["input_ids"][:] = pad
     for row, enc in enumerate(encs):
         n = len(enc.ids)
@@ -731,7 +745,12 @@ def _save_optimized(source: Path, dest: Path, level: int) -> None:
 
 
 def _verify(
-    module: torch.nn.Module, feeds: dict[str, np.ndarray[Any, Any]], model: Path, options: Options
+    module: torch.nn.Module,
+    feeds: dict[str, np.ndarray[Any, Any]],
+    model: Path,
+    *,
+    options: Options,
+    embed: bool,
 ) -> tuple[dict[str, float], tuple[str, ...]]:
     """Run the saved graph and the torch module on the sample batch; raise if they differ.
 
@@ -749,23 +768,26 @@ def _verify(
     int8 = options.quantize == "int8"
     if not np.isfinite(got).all():
         raise ModelError(f"verification failed: {model} produced non-finite values")
-    scale = max(1.0, float(np.abs(expected).max()))
     max_diff = float(np.abs(got - expected).max())
     norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
     cosine = float(((got * expected).sum(axis=1) / np.maximum(norms, 1e-12)).min())
     result = {"min_cosine": cosine, "max_abs_diff": max_diff}
-    if expected.shape[1] > 1:
+    if embed:
         floor = _INT8_MIN_COSINE if int8 else _FP32_MIN_COSINE
         if cosine < floor:
             raise ModelError(
                 f"verification failed: {model} agrees with the torch model only to cosine "
                 f"{cosine:.5f} (< {floor})"
             )
-    tol = (_INT8_LOGIT_TOL if int8 else _FP32_LOGIT_TOL) * scale
-    if expected.shape[1] <= 1 and max_diff > tol:
-        raise ModelError(
-            f"verification failed: {model} differs from the torch model by {max_diff:.4g} (> {tol})"
+    else:  # logits: compared on their own scale
+        tol = (_INT8_LOGIT_TOL if int8 else _FP32_LOGIT_TOL) * max(
+            1.0, float(np.abs(expected).max())
         )
+        if max_diff > tol:
+            raise ModelError(
+                f"verification failed: {model} differs from the torch model by {max_diff:.4g} "
+                f"(> {tol:.4g})"
+            )
     return result, inputs
 
 

@@ -2,12 +2,12 @@
 its replay measures faster than the eager forward.
 
 The batcher pads every batch to a bucket, so the shapes are few and known, and warm-up runs each
-one (largest first) before the server is ready. The first batch of a shape does, in order:
-an eager forward on the capture stream (first use of the shape's kernels, cuBLAS heuristics,
-allocator growth), a capture into the memory pool all graphs share, one timed eager forward and
-one timed replay; the graph is kept if its replay was faster. Sharing one pool is safe because
-batches run one at a time and each output is copied to the host before the next batch starts
-(DESIGN: `Backend.run` is called from one worker thread at a time).
+one (largest first) before the server is ready. The first batch of a shape does, in order: a
+cold eager forward (first use of the shape's kernels and cuBLAS heuristics, allocator growth), a
+timed eager forward, a capture into the memory pool all graphs share, and a timed replay; the
+graph is kept if its replay was faster. Sharing one pool is safe because batches run one at a
+time and each output is copied to the host before the next batch starts (`Backend.run` is called
+from one worker thread at a time).
 
 Host side: one pinned input buffer (ids, mask and type ids in one block, one host-to-device copy)
 and one pinned output buffer; a batch costs one copy in, one replay, one copy out and one sync.
@@ -15,8 +15,10 @@ and one pinned output buffer; a batch costs one copy in, one replay, one copy ou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -85,9 +87,10 @@ class GraphRunner:
         self._shapes: dict[tuple[int, int], ShapeState] = {}
         self._pool: Any = torch.cuda.graph_pool_handle()
         self._stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
-        self._host_in = torch.empty(0, dtype=torch.int64).pin_memory()
+        self._host_in = torch.empty(3 * 4096, dtype=torch.int64).pin_memory()
         self._host_in_np: np.ndarray = self._host_in.numpy()
-        self._host_out = torch.empty(0, dtype=torch.float32).pin_memory()
+        self._host_out = torch.empty(256 * max(width, 1), dtype=torch.float32).pin_memory()
+        self._stream_ready = False
         self.capture_failures = 0
 
     # --- serving ------------------------------------------------------------------------
@@ -150,15 +153,18 @@ class GraphRunner:
         self._upload(batch, inputs)
         state = ShapeState(inputs=inputs)
         current = torch.cuda.current_stream(self.device)
-        # The first forward (and the capture) run on the side stream capture needs, so that
-        # stream's cuBLAS handle and workspace exist before capture begins.
-        self._stream.wait_stream(current)
+        if self.graphs_enabled and not self._stream_ready:
+            # Capture runs on a side stream; a tiny forward there first creates that stream's
+            # cuBLAS handle and workspace outside any capture.
+            self._stream.wait_stream(current)
+            with torch.cuda.stream(self._stream):
+                self._eager(inputs[:, :1, : min(seq, 8)].contiguous())
+            self._stream.synchronize()
+            self._stream_ready = True
         t0 = time.perf_counter()
-        with torch.cuda.stream(self._stream):
-            out = self._eager(inputs)
-        self._stream.synchronize()
+        out = self._eager(inputs)
+        current.synchronize()
         state.first_ms = (time.perf_counter() - t0) * 1000
-        current.wait_stream(self._stream)
         t0 = time.perf_counter()
         out = self._eager(inputs)
         current.synchronize()
@@ -174,12 +180,21 @@ class GraphRunner:
         torch = self._torch
         graph = torch.cuda.CUDAGraph()
         t0 = time.perf_counter()
+        # capture_begin/end rather than `torch.cuda.graph(...)`: that context manager empties
+        # the allocator's cache before every capture, so each later shape (and every eager
+        # shape after warm-up) would allocate from the driver again.
         try:
-            with (
-                torch.inference_mode(),
-                torch.cuda.graph(graph, pool=self._pool, stream=self._stream),
-            ):
-                output = self._forward(state.inputs[0], state.inputs[1], state.inputs[2])
+            with torch.inference_mode(), torch.cuda.stream(self._stream):
+                graph.capture_begin(self._pool, capture_error_mode="thread_local")
+                try:
+                    output = self._forward(state.inputs[0], state.inputs[1], state.inputs[2])
+                except BaseException:
+                    # End the broken capture quietly; the forward's own error is the one to see.
+                    with warnings.catch_warnings(), contextlib.suppress(Exception):
+                        warnings.simplefilter("ignore")
+                        graph.capture_end()
+                    raise
+                graph.capture_end()
         except Exception as exc:
             if is_oom(exc):
                 raise

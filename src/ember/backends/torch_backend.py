@@ -67,6 +67,24 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
 Forward = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
+def _without_cudnn_attention(forward: Forward) -> Forward:
+    """`forward` with SDPA limited to flash, memory-efficient and math kernels.
+
+    On Hopper, PyTorch may pick cuDNN's attention for masked SDPA; cuDNN builds an execution
+    plan for every new shape (about 80 ms each on an H100, measured: docs/gpu.md), which turns
+    44 bucket shapes into seconds of warm-up, and loading cuDNN costs more on the first shape.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+    def wrapped(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        with sdpa_kernel(backends):
+            return forward(ids, mask, types)
+
+    return wrapped
+
+
 class TorchBackend:
     """A model in torch; `run` takes numpy, returns float32 numpy."""
 
@@ -81,6 +99,7 @@ class TorchBackend:
         threads: int = 1,
         cuda_graphs: bool = True,
         native: bool = True,
+        sdpa_cudnn: bool = False,
     ) -> None:
         import torch
 
@@ -98,12 +117,15 @@ class TorchBackend:
             forward = self._load_native()
         if forward is None:
             forward = self._load_transformers()
-        self._forward = forward
         self._runner: GraphRunner | None = None
         if self.device.startswith("cuda"):
+            if not sdpa_cudnn:
+                forward = _without_cudnn_attention(forward)
+            self.sdpa_cudnn = sdpa_cudnn
             self._runner = GraphRunner(
                 forward=forward, device=self.device, width=self._width(), graphs=cuda_graphs
             )
+        self._forward = forward
         self.load_seconds = time.perf_counter() - started
 
     def _width(self) -> int:
@@ -190,6 +212,8 @@ class TorchBackend:
             "threads": self.threads if self.device == "cpu" else None,
             "implementation": self.implementation,
         }
+        if self.device.startswith("cuda"):
+            out["sdpa_cudnn"] = self.sdpa_cudnn
         if self._runner is not None:
             out.update(self._runner.describe())
         return out

@@ -10,7 +10,11 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-CPU_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+# On CPU a new shape is not cold once the arena has grown (benchmarks/cold_shapes.py), so
+# buckets can be fine: padding costs as much compute as real tokens there.
+CPU_SEQ = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+# On CUDA every shape is a separate kernel plan or graph: few, coarse buckets.
+GPU_SEQ = (16, 32, 64, 128, 256, 512)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +37,7 @@ class Buckets:
         max_rows: int,
         gpu: bool = False,
     ) -> Buckets:
+        seq_buckets = seq_buckets or (GPU_SEQ if gpu else CPU_SEQ)
         seq = sorted({b for b in seq_buckets if b < max_length} | {max_length})
         if row_buckets:
             rows = sorted({r for r in row_buckets if r < max_rows} | {max_rows})
@@ -40,7 +45,7 @@ class Buckets:
             rows = sorted({1 << i for i in range(max_rows.bit_length()) if 1 << i < max_rows})
             rows.append(max_rows)
         else:
-            rows = sorted({r for r in CPU_ROWS if r < max_rows} | {max_rows})
+            rows = list(range(1, max_rows + 1))
         return cls(seq=tuple(seq), rows=tuple(rows), max_tokens=max(max_tokens, max_length))
 
     @property

@@ -48,12 +48,12 @@ def plan_shapes(buckets: Buckets, plan: str = "full") -> list[tuple[int, int]]:
     """The shapes warm-up runs, largest first (so memory peaks first: an out-of-memory surfaces
     at startup, and the allocator is grown once).
 
-    `full` is every shape the batcher can emit. `cover` is, per padded length, one row and the
-    most rows: on CPU a new shape costs nothing once the arena has grown and each length's
-    kernels have run (measured by `benchmarks/cold_shapes.py`; RESULTS.md has the figures).
+    `full` is every shape the batcher can emit. `cover` is the largest shape (the arena grows
+    to its peak once) and one row at every padded length: on CPU, after that, no other shape
+    is cold (measured by `benchmarks/cold_shapes.py`; RESULTS.md has the figures).
     """
     shapes = buckets.shapes()
     if plan == "full":
         return shapes
-    chosen = {(1, s) for s in buckets.seq} | {(buckets.max_rows_at(s), s) for s in buckets.seq}
+    chosen = {shapes[0]} | {(1, s) for s in buckets.seq}
     return [shape for shape in shapes if shape in chosen]
