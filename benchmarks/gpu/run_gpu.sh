@@ -12,8 +12,9 @@
 # itself) and which is the fp32 reference. Results go to $R and, after each step, $OUT/results.tgz.
 #
 # Steps: setup | startup (ember bench startup, 3 runs; first = first-ever start when it is the
-# machine's first use of torch) | backend (benchmarks/gpu/backend_bench.py) | ember | null |
-# replicas2 | replicas4 (load) | seed | infinity (startup + load).
+# machine's first use of torch) | startup-w2 | startup-pyc | imports | backend
+# (benchmarks/gpu/backend_bench.py) | gputests | ember | ember-wN (N replicas) | null (load) |
+# seed | infinity (startup + load).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -26,7 +27,7 @@ PEER_RUNS=${PEER_RUNS:-2}
 DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-2}
 CONC=${CONC:-32,128}
-BATCH_CONC=${BATCH_CONC:-8,32}
+BATCH_CONC=${BATCH_CONC:-8,16}
 MODEL=${MODEL:-/tmp/minilm-fp32}
 PY=${PY:-python3}
 mkdir -p "$R" "$OUT"
@@ -112,8 +113,43 @@ w = load_file('.device/minilm-fp16/model.safetensors')
 save_file({k: v.astype('float32') if v.dtype.kind == 'f' else v for k, v in w.items()}, '$MODEL/model.safetensors', metadata={'format': 'pt'})"
       ls -la "$MODEL" | head -3
       ;;
+    imports)  # where `import torch` spends its time on this machine
+      {
+        SP=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+        echo "site-packages $SP writable=$(test -w "$SP/torch" && echo yes || echo no)"
+        echo "torch pycache files: $(ls "$SP/torch/__pycache__" 2>/dev/null | wc -l)"
+        env | grep -E '^PYTHON|^CUDA|^LD_' || true
+        TIMEFORMAT="%R s wall, %U s user, %S s sys"
+        for i in 1 2; do echo -n "python -c pass: "; { time "$PY" -c pass; } 2>&1; done
+        for i in 1 2; do echo -n "import torch: "; { time "$PY" -c 'import torch'; } 2>&1; done
+        for i in 1 2 3; do
+          echo -n "import torch, bytecode kept in /tmp/pyc-imports: "
+          { time env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=/tmp/pyc-imports "$PY" -c 'import torch'; } 2>&1
+        done
+        for i in 1 2 3; do
+          echo -n "import fastapi+uvicorn, bytecode kept: "
+          { time env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=/tmp/pyc-imports PYTHONPATH=$EMBER_PATH "$PY" -c 'import fastapi, uvicorn'; } 2>&1
+        done
+        LD_DEBUG=statistics "$PY" -c 'import torch' 2>&1 | grep -E 'total startup time|relocation' | tail -4
+        "$PY" -X importtime -c 'import torch' 2>&1 | sort -t'|' -k2 -n -r | head -25
+      } 2>&1 | tee "$R/imports.txt"
+      save
+      ;;
     startup)
       startup ember-gpu "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD"
+      ;;
+    startup-w2)
+      startup ember-gpu-w2 "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD --workers 2"
+      ;;
+    startup-pyc*)  # warm caches: bytecode compiled once (as an image build would) and kept
+      # in /tmp/pyc; one unmeasured start writes it, then RUNS measured starts.
+      n=${step#startup-pyc}; n=${n#-w}; extra=""; [ -n "$n" ] && extra="--workers $n"
+      (
+        unset PYTHONDONTWRITEBYTECODE
+        export PYTHONPYCACHEPREFIX=/tmp/pyc
+        startup "ember-gpu-pyc-prime$n" 1 openai /v1/embeddings /ready "$EMBER_CMD $extra"
+        startup "ember-gpu-pyc$n" "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD $extra"
+      )
       ;;
     backend)
       PYTHONPATH=$EMBER_PATH timeout 300 "$PY" benchmarks/gpu/backend_bench.py --model "$MODEL" \
@@ -123,17 +159,16 @@ save_file({k: v.astype('float32') if v.dtype.kind == 'f' else v for k, v in w.it
     ember)
       served ember-gpu /ready /v1/embeddings "$EMBER_CMD"
       ;;
+    ember-w*)
+      n=${step#ember-w}
+      served "ember-gpu-w$n" /ready /v1/embeddings "$EMBER_CMD --workers $n"
+      ;;
     ember-tei)
       load ember-gpu-tei tei /embed /ready "$EMBER_CMD"
       ;;
     null)
       served null /ready /v1/embeddings \
         "env PYTHONPATH=$EMBER_PATH $PY benchmarks/gpu/null_server.py --port {port} --model $MODEL --gpu-buckets"
-      ;;
-    replicas*)
-      n=${step#replicas}
-      served "ember-gpu-x$n" /ready /v1/embeddings \
-        "env PYTHONPATH=$EMBER_PATH $PY benchmarks/gpu/replicas.py --workers $n --port {port} -- --host 127.0.0.1 --model $MODEL"
       ;;
     seed)
       startup seed-gpu "$PEER_RUNS" openai /v1/embeddings /health "$SEED_CMD"

@@ -13,6 +13,10 @@ def serve(settings: Settings) -> int:
     logs.setup(level=settings.log_level, json_logs=settings.json_logs, secrets=[secret])
     if settings.reload:
         return _serve_reload(settings)
+    if settings.workers > 1:
+        from ember.workers import supervise
+
+        return supervise(settings)
     from ember.engine.registry import Engines
 
     engines = Engines(settings)

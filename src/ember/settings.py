@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     payload_limit: int = Field(default=2_000_000, ge=1024)
     """Largest request body in bytes (413 above, rejected before it is read whole)."""
     max_batch_tokens: int | None = Field(default=None, ge=16)
-    """Most padded tokens (rows x padded length) in one batch; default 2048 on CPU, 32768 on
+    """Most padded tokens (rows x padded length) in one batch; default 1024 on CPU, 32768 on
     CUDA."""
     max_batch_requests: int | None = Field(default=None, ge=1)
     """Most rows in one batch; default 32 on CPU, 256 on CUDA."""
@@ -118,9 +118,9 @@ class Settings(BaseSettings):
     warmup_rounds: int = Field(default=1, ge=1)
     """Times each warm-up shape runs."""
     warmup_plan: Literal["auto", "full", "cover"] = "auto"
-    """`full` runs every bucket shape; `cover` runs the largest shape, then one row at each
-    length (enough on CPU, shown by `benchmarks/cold_shapes.py`); `auto`: `full` on CUDA,
-    `cover` on CPU."""
+    """`full` runs every bucket shape; `cover` runs the largest shape and one row at the longest
+    and shortest lengths (enough on CPU, shown by `benchmarks/cold_shapes.py`); `auto`: `full`
+    on CUDA, `cover` on CPU."""
 
     # --- operations ------------------------------------------------------------------
     api_key: SecretStr | None = None
@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     torch_native: bool = True
     """Run plain BERT models with ember's own torch encoder (no transformers import: seconds
     less to ready); off: transformers for every model."""
+    workers: int = Field(default=1, ge=1)
+    """Replica processes serving one port (SO_REUSEPORT), each with its own model copy; `/ready`
+    says 200 only when all are warm. On a GPU, 2-4 lift the Python ceiling (docs/gpu.md)."""
 
     _split = field_validator("model", "seq_buckets", "row_buckets", "cors_origins", mode="before")(
         _split_list

@@ -349,7 +349,9 @@ async def test_reranker_warms_up_with_pairs_over_its_plan(tiny_reranker: Path, p
         assert report["shape_set"] == len(buckets.shapes())
         ran = [(s["rows"], s["seq"]) for s in report["shapes"]]
         assert ran == plan_shapes(buckets, plan)
-        assert {seq for _, seq in ran} == set(buckets.seq)  # every padded length ran
+        # `full` runs every padded length; `cover` the longest and the shortest.
+        ends = {buckets.seq[0], buckets.seq[-1]}
+        assert {seq for _, seq in ran} == (set(buckets.seq) if plan == "full" else ends)
         warm_batches = recording.pair_batches[: len(ran)]
         assert len(warm_batches) == len(ran)
         assert all(warm_batches), "every warm-up row of a reranker is a (query, text) pair"

@@ -98,24 +98,28 @@ class GraphRunner:
     def run(self, batch: Batch) -> FloatArray:
         rows, seq = batch.shape
         try:
-            state = self._shapes.get((rows, seq))
-            if state is None:
-                return self._first_run(batch)
-            self._upload(batch, state.inputs)
-            if state.graph is not None:
-                state.graph.replay()
-                assert state.output is not None
-                return self._download(state.output)
-            return self._download(self._eager(state.inputs))
+            return self._run(batch)
         except BackendFailure:
             raise
         except Exception as exc:
-            if is_oom(exc):
-                self._release_after_oom()
-                raise DeviceOutOfMemory(
-                    f"the GPU ran out of memory for a batch of {rows}x{seq} tokens"
-                ) from exc
-            raise
+            if not is_oom(exc):
+                raise
+            log.info("out of memory at %dx%d: %s", rows, seq, exc)
+        # Raised outside the handler: the out-of-memory error's traceback holds the failed
+        # forward's frames and their tensors, which must be freed before the retry.
+        self._release_after_oom()
+        raise DeviceOutOfMemory(f"the GPU ran out of memory for a batch of {rows}x{seq} tokens")
+
+    def _run(self, batch: Batch) -> FloatArray:
+        state = self._shapes.get(batch.shape)
+        if state is None:
+            return self._first_run(batch)
+        self._upload(batch, state.inputs)
+        if state.graph is not None:
+            state.graph.replay()
+            assert state.output is not None
+            return self._download(state.output)
+        return self._download(self._eager(state.inputs))
 
     def _upload(self, batch: Batch, inputs: torch.Tensor) -> None:
         rows, seq = batch.shape

@@ -60,6 +60,12 @@ SHAPE_CLASSES: dict[str, ShapeClass] = {
 }
 
 
+IDLE_GAP = 0.2
+"""Seconds of quiet before each idle-matched request: the first request of a class also
+follows a pause, and on these VMs any request after ≥10 ms idle costs about 2 ms more."""
+IDLE_REPEATS = 5
+
+
 @dataclass(slots=True)
 class ClassResult:
     """First-request latency of one shape class against the median of the later ones."""
@@ -71,6 +77,11 @@ class ClassResult:
     first_status: int | None
     steady_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    idle_median_ms: float | None = None
+    """Median of requests each sent after `IDLE_GAP` seconds of quiet, like the first one."""
+    ratio_idle: float | None = None
+    """first_ms / idle_median_ms: the cold-path cost alone, without the cost of waking an
+    idle machine (which every request after a pause pays, first or not)."""
 
 
 @dataclass(slots=True)
@@ -285,6 +296,16 @@ async def measure_classes(
                 result.steady_median_ms = round(statistics.median(result.steady_ms), 3)
                 if result.first_ms is not None:
                     result.ratio = round(result.first_ms / result.steady_median_ms, 3)
+            idle: list[float] = []
+            for _ in range(IDLE_REPEATS):
+                await asyncio.sleep(IDLE_GAP)
+                ms, _, error = await timed_request(conn, path, body(shape), api, shape.texts)
+                if not error:
+                    idle.append(ms)
+            if idle:
+                result.idle_median_ms = round(statistics.median(idle), 3)
+                if result.first_ms is not None:
+                    result.ratio_idle = round(result.first_ms / result.idle_median_ms, 3)
     finally:
         await conn.close()
     return results
@@ -367,6 +388,7 @@ def summarize(runs: list[RunResult]) -> dict[str, float | None]:
     health = [r.health_seconds for r in runs if r.health_seconds is not None]
     rss = [r.rss_mb_at_ready for r in runs if r.rss_mb_at_ready is not None]
     ratios = [c.ratio for r in runs for c in r.classes.values() if c.ratio is not None]
+    idle = [c.ratio_idle for r in runs for c in r.classes.values() if c.ratio_idle is not None]
     return {
         "ready_seconds_median": statistics.median(ready) if ready else None,
         "ready_seconds_max": max(ready) if ready else None,
@@ -374,6 +396,7 @@ def summarize(runs: list[RunResult]) -> dict[str, float | None]:
         "health_seconds_median": statistics.median(health) if health else None,
         "rss_mb_at_ready_median": statistics.median(rss) if rss else None,
         "worst_ratio": max(ratios) if ratios else None,
+        "worst_ratio_idle": max(idle) if idle else None,
     }
 
 
@@ -463,6 +486,8 @@ def print_startup(result: Mapping[str, Any]) -> None:
             if ratio is not None:
                 style = "red" if ratio > 2 else "yellow" if ratio > 1.3 else "green"
                 cell += f" [{style}]×{ratio:.2f}[/{style}]"
+            if c.get("ratio_idle") is not None:
+                cell += f" (idle ×{c['ratio_idle']:.2f})"
             if c.get("errors"):
                 cell += f" [red]errors {c['errors']}[/red]"
             cells.append(cell)
@@ -473,7 +498,8 @@ def print_startup(result: Mapping[str, Any]) -> None:
     console.print(
         f"ready median {_fmt(summary['ready_seconds_median'], '{:.2f}')} s, "
         f"max {_fmt(summary['ready_seconds_max'], '{:.2f}')} s, "
-        f"worst first/steady ratio {_fmt(summary['worst_ratio'], '{:.2f}')}"
+        f"worst first/steady ratio {_fmt(summary['worst_ratio'], '{:.2f}')} "
+        f"(vs idle-matched steady: {_fmt(summary.get('worst_ratio_idle'), '{:.2f}')})"
     )
     for failure in result["failed_runs"]:
         console.print(f"[red]run {failure['run']} failed: {failure['error']}[/red]")

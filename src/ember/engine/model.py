@@ -50,7 +50,7 @@ class ModelEngine:
         self.tokenizer: TextTokenizer | None = None
         self.backend: Backend | None = None
         self.batcher: Batcher | None = None
-        max_tokens = settings.max_batch_tokens or (32768 if gpu else 2048)
+        max_tokens = settings.max_batch_tokens or (32768 if gpu else 1024)
         max_rows = settings.max_batch_requests or (256 if gpu else 32)
         self.buckets = Buckets.build(
             max_length=spec.max_length,

@@ -233,8 +233,8 @@ def test_warm_up_lowers_max_batch_tokens_on_cuda_oom(builtin: ModelSpec) -> None
 
     def factory(spec: ModelSpec, settings: Settings) -> TorchBackend:
         backend = TorchBackend(spec=spec, device="cuda", dtype="float16")
-        # Room for the weights and about 150 MiB: 32768 tokens per batch do not fit.
-        allowed = torch.cuda.memory_allocated() + 150 * 2**20
+        # Room for the weights and about 250 MiB: 32768 tokens per batch do not fit.
+        allowed = torch.cuda.memory_allocated() + 250 * 2**20
         torch.cuda.set_per_process_memory_fraction(allowed / total)
         return backend
 
@@ -252,4 +252,4 @@ def test_warm_up_lowers_max_batch_tokens_on_cuda_oom(builtin: ModelSpec) -> None
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
     assert stage == "ready"
-    assert 256 <= tokens < 32768
+    assert 1024 <= tokens < 32768
