@@ -163,6 +163,14 @@ save_file({k: v.astype('float32') if v.dtype.kind == 'f' else v for k, v in w.it
       n=${step#ember-w}
       served "ember-gpu-w$n" /ready /v1/embeddings "$EMBER_CMD --workers $n"
       ;;
+    ember-si*)  # the same server with another GIL switch interval (seconds), set at start
+      si=${step#ember-si}
+      mkdir -p /tmp/si && echo 'import os, sys
+if os.environ.get("SWITCH_INTERVAL"): sys.setswitchinterval(float(os.environ["SWITCH_INTERVAL"]))' \
+        > /tmp/si/sitecustomize.py
+      served "ember-gpu-si$si" /ready /v1/embeddings \
+        "env SWITCH_INTERVAL=$si PYTHONPATH=/tmp/si:$EMBER_PATH $PY -m ember serve --host 127.0.0.1 --port {port} --model $MODEL"
+      ;;
     ember-tei)
       load ember-gpu-tei tei /embed /ready "$EMBER_CMD"
       ;;

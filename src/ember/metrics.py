@@ -20,7 +20,7 @@ ROUTES = (
     "/",
     "/tokenize",
 )
-STATUSES = ("200", "401", "413", "422", "424", "429", "500", "503")
+STATUSES = ("200", "401", "413", "422", "424", "429", "499", "500", "503")
 TASKS = ("embed", "rerank", "classify")
 PHASES = ("queue", "tokenize", "inference", "total")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -6,6 +6,7 @@ its Content-Length before reading it, and can stop reading a chunked one at the 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass
 
@@ -84,6 +85,7 @@ class EmberMiddleware:
         status = 500
         started = False
         received = 0
+        body_read = asyncio.Event()
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -92,6 +94,8 @@ class EmberMiddleware:
                 received += len(message.get("body", b""))
                 if received > self._limit:
                     raise _BodyTooLarge(self._limit)
+                if not message.get("more_body", False):
+                    body_read.set()
             return message
 
         async def send_wrapper(message: Message) -> None:
@@ -102,17 +106,43 @@ class EmberMiddleware:
             await send(message)
 
         self._in_flight.count += 1
+        handler = asyncio.ensure_future(self.app(scope, limited_receive, send_wrapper))
+        # uvicorn does not cancel a handler whose client left; for inference routes, watch for
+        # the disconnect once the body is read and cancel, so queued work is dropped.
+        watcher = (
+            asyncio.ensure_future(self._cancel_on_disconnect(body_read, receive, handler))
+            if track
+            else None
+        )
         try:
-            await self.app(scope, limited_receive, send_wrapper)
+            await handler
         except _BodyTooLarge:
             status = 413
             if not started:
                 await self._too_large(scope, receive, send)
+        except asyncio.CancelledError:
+            if watcher is None or not watcher.done() or watcher.cancelled():
+                raise  # cancelled from outside (server shutdown), not by the client leaving
+            status = 499  # nginx's "client closed request"
         finally:
+            if watcher is not None:
+                watcher.cancel()
             self._in_flight.count -= 1
             if track:
                 task = _ROUTE_TASK.get(path, self.default_task)
                 metrics.REQUESTS.labels(route=path, task=task, status=str(status)).inc()
+
+    @staticmethod
+    async def _cancel_on_disconnect(
+        body_read: asyncio.Event, receive: Receive, handler: asyncio.Future[None]
+    ) -> None:
+        await body_read.wait()
+        while not handler.done():
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not handler.done():
+                    handler.cancel()
+                return
 
     def _authorized(self, scope: Scope) -> bool:
         assert self._key is not None
