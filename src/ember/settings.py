@@ -107,10 +107,10 @@ class Settings(BaseSettings):
     """Most inputs queued or running at once; past it requests get 429 at once."""
     seq_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
     """Padded sequence lengths a batch may have (capped at the max input length); default:
-    steps of 8 to 64, then 16, 32, 64 on CPU; 16, 32, ..., 512 on CUDA."""
+    steps of 8 to 64, then 16, 32, 64 for onnx on CPU; 16, 32, ..., 512 for torch."""
     row_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    """Row counts a batch may have; default: every count on CPU (no padded rows), powers of two
-    on CUDA."""
+    """Row counts a batch may have; default: every count for onnx on CPU (no padded rows),
+    powers of two for torch."""
 
     # --- warm-up ---------------------------------------------------------------------
     warmup: bool = True
@@ -119,8 +119,8 @@ class Settings(BaseSettings):
     """Times each warm-up shape runs."""
     warmup_plan: Literal["auto", "full", "cover"] = "auto"
     """`full` runs every bucket shape; `cover` runs the largest shape and one row at the longest
-    and shortest lengths (enough on CPU, shown by `benchmarks/cold_shapes.py`); `auto`: `full`
-    on CUDA, `cover` on CPU."""
+    and shortest lengths (enough for ONNX Runtime on CPU, shown by `benchmarks/cold_shapes.py`);
+    `auto`: `cover` for onnx on CPU, `full` for torch (CPU or CUDA)."""
 
     # --- operations ------------------------------------------------------------------
     api_key: SecretStr | None = None

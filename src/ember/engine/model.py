@@ -50,16 +50,7 @@ class ModelEngine:
         self.tokenizer: TextTokenizer | None = None
         self.backend: Backend | None = None
         self.batcher: Batcher | None = None
-        max_tokens = settings.max_batch_tokens or (32768 if gpu else 1024)
-        max_rows = settings.max_batch_requests or (256 if gpu else 32)
-        self.buckets = Buckets.build(
-            max_length=spec.max_length,
-            seq_buckets=settings.seq_buckets,
-            row_buckets=settings.row_buckets,
-            max_tokens=max_tokens,
-            max_rows=max_rows,
-            gpu=gpu,
-        )
+        self.buckets = self._build_buckets(coarse=gpu)
         self.warmup_report: WarmupReport | None = None
         self.load_seconds: float | None = None
         self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
@@ -67,6 +58,24 @@ class ModelEngine:
     @property
     def task(self) -> Task:
         return self.spec.task
+
+    @property
+    def fine_buckets(self) -> bool:
+        """Fine buckets and the `cover` plan suit ONNX Runtime on CPU, where a new shape is not
+        cold (benchmarks/cold_shapes.py); torch (oneDNN, CUDA) plans per shape: coarse buckets,
+        every one warmed."""
+        return not self.gpu and (self.backend is None or self.backend.name == "onnx")
+
+    def _build_buckets(self, *, coarse: bool) -> Buckets:
+        settings = self.settings
+        return Buckets.build(
+            max_length=self.spec.max_length,
+            seq_buckets=settings.seq_buckets,
+            row_buckets=settings.row_buckets,
+            max_tokens=settings.max_batch_tokens or (32768 if self.gpu else 1024),
+            max_rows=settings.max_batch_requests or (256 if self.gpu else 32),
+            gpu=coarse,
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -77,6 +86,7 @@ class ModelEngine:
             path=self.spec.tokenizer_file, max_length=self.spec.max_length
         )
         self.backend = backend_factory(self.spec, self.settings)
+        self.buckets = self._build_buckets(coarse=not self.fine_buckets)
         self.load_seconds = time.perf_counter() - started
         metrics.LOAD_SECONDS.labels(model=self.spec.name).set(self.load_seconds)
 
@@ -129,7 +139,7 @@ class ModelEngine:
         assert self.tokenizer is not None and self.batcher is not None
         plan = self.settings.warmup_plan
         if plan == "auto":
-            plan = "full" if self.gpu else "cover"
+            plan = "cover" if self.fine_buckets else "full"
         shapes = plan_shapes(self.buckets, plan)
         rounds = self.settings.warmup_rounds
         report = WarmupReport(model=self.spec.name, task=self.task.value, rounds=rounds, plan=plan)
