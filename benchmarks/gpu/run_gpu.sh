@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/RESULTS-gpu.md, on the lent H100 (device tool), in one call:
+# The GPU figures of benchmarks/RESULTS-gpu.md, on the lent H100 (device tool). The main call:
 #
-#   STEPS="setup startup backend ember null seed infinity" bash benchmarks/gpu/run_gpu.sh
+#   STEPS="setup startup startup-pyc ember ember-w2 ember-w4 infinity seed" \
+#     bash benchmarks/gpu/run_gpu.sh                     # carry: .whl .device; ~8 min
 #
-# Carried to the device (.git/info/exclude ignores them; see docs/gpu.md):
+# Carried to the device (git-ignored; built by benchmarks/gpu/prepare_carry.sh):
 #   .whl/*.whl                 ember's serving wheels missing there (fastapi, uvicorn, pydantic...)
 #   .device/minilm-fp16/       all-MiniLM-L6-v2 as fp16 safetensors (the 64 MiB carry limit)
 #   .device/infinity-site.tar.xz  infinity-emb 0.0.78 with sentence-transformers 3.4.1,
@@ -11,17 +12,19 @@
 # The fp16 weights are upcast to /tmp/minilm-fp32, which every server loads (ember casts to fp16
 # itself) and which is the fp32 reference. Results go to $R and, after each step, $OUT/results.tgz.
 #
-# Steps: setup | startup (ember bench startup, 3 runs; first = first-ever start when it is the
-# machine's first use of torch) | startup-w2 | startup-pyc | imports | backend
-# (benchmarks/gpu/backend_bench.py) | gputests | ember | ember-wN (N replicas) | null (load) |
-# seed | infinity (startup + load).
+# Steps: setup | startup (ember bench startup, RUNS runs; the first is the first-ever start when
+# it is the machine's first use of torch) | startup-pyc[-wN] (bytecode kept in /tmp/pyc: one
+# unmeasured start, then RUNS) | startup-w2 | imports (where `import torch` spends its time) |
+# backend (benchmarks/gpu/backend_bench.py, SECTIONS=imports,shapes,parity,oom) | gputests |
+# ember | ember-wN (--workers N) | ember-siS (GIL switch interval S) | null (zero-cost backend) |
+# startup-inline, ember-inline (benchmarks/gpu/inline_small.py) | seed | infinity (startup + load).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 R=${R:-/tmp/gpu-results}
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-setup startup backend ember null seed infinity}
+STEPS=${STEPS:-setup startup startup-pyc ember ember-w2 ember-w4 infinity seed}
 RUNS=${RUNS:-3}
 PEER_RUNS=${PEER_RUNS:-2}
 DURATION=${DURATION:-8}
@@ -170,6 +173,20 @@ if os.environ.get("SWITCH_INTERVAL"): sys.setswitchinterval(float(os.environ["SW
         > /tmp/si/sitecustomize.py
       served "ember-gpu-si$si" /ready /v1/embeddings \
         "env SWITCH_INTERVAL=$si PYTHONPATH=/tmp/si:$EMBER_PATH $PY -m ember serve --host 127.0.0.1 --port {port} --model $MODEL"
+      ;;
+    startup-inline)  # experiment: small batches on the event loop when idle (inline_small.py)
+      (
+        unset PYTHONDONTWRITEBYTECODE
+        export PYTHONPYCACHEPREFIX=/tmp/pyc
+        cmd="env PYTHONPATH=$ROOT/benchmarks/gpu/inline:$EMBER_PATH $PY -m ember serve --host 127.0.0.1 --port {port} --model $MODEL --exit-on-failure"
+        startup ember-gpu-inline-prime 1 openai /v1/embeddings /ready "$cmd"
+        startup ember-gpu-inline "$RUNS" openai /v1/embeddings /ready "$cmd"
+        startup ember-gpu-pyc-again "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD"
+      )
+      ;;
+    ember-inline)
+      served ember-gpu-inline /ready /v1/embeddings \
+        "env PYTHONPATH=$ROOT/benchmarks/gpu/inline:$EMBER_PATH $PY -m ember serve --host 127.0.0.1 --port {port} --model $MODEL"
       ;;
     ember-tei)
       load ember-gpu-tei tei /embed /ready "$EMBER_CMD"
