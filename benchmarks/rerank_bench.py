@@ -1,6 +1,6 @@
 """Rerank and classify on CPU: ember against Infinity, issue 5's targets.
 
-    .venv/bin/python benchmarks/rerank_bench.py                 # everything, ≈ 6 min on 2 cores
+    .venv/bin/python benchmarks/rerank_bench.py --rounds 3      # everything, ≈ 16 min on 2 cores
     .venv/bin/python benchmarks/rerank_bench.py --phases load --servers ember --duration 5
 
 Phases (`--phases`, in this order):
@@ -8,19 +8,22 @@ Phases (`--phases`, in this order):
   one label) and a three-label classifier of the same size, seeded random weights and the built-in
   model's real tokenizer (tests/tiny_models.py), under `--work`, unless `--model` /
   `--classifier` name existing folders. Random weights cost exactly the FLOPs of trained ones.
-- prepare: `ember prepare DIR` for both, so no measured start includes the ONNX export.
-- load: one server at a time (ember, then Infinity `--engine torch`; `--rounds` alternates them):
-  spawn, wait for ready (ember `/ready`, Infinity `/health`, its port opens after its warm-up),
-  then closed-loop rerank at each `--concurrency`: every request one query of `--query-words`
-  words against `--docs` fresh documents of `--words` words, `--warmup` s unmeasured and then
-  `--duration` s (requests in flight at the deadline are awaited and counted). ember is driven
-  through TEI `/rerank` and `/v1/rerank`, Infinity through `/rerank`. Before the load each
-  server answers the parity request (below) with and without raw scores.
+- prepare: `ember prepare DIR` for both (and `--quantize int8` for the reranker), so no measured
+  start includes the ONNX export.
+- load: one server at a time, `--servers` in order, `--rounds` times (alternating): ember (fp32),
+  ember-int8, Infinity `--engine torch`. Spawn, wait for ready (ember `/ready`; Infinity
+  `/health`, its port opens after its warm-up), then closed-loop rerank at each `--concurrency`:
+  every request one query of `--query-words` words against `--docs` fresh documents of `--words`
+  words, `--warmup` s unmeasured and then `--duration` s (requests in flight at the deadline are
+  awaited and counted). ember is driven through TEI `/rerank` and `/v1/rerank` (int8: `/rerank`),
+  Infinity through `/rerank`. Before the load each route answers the parity request (below) with
+  and without raw scores. `other_cpu_pct` is the machine's CPU not spent by the server or this
+  client in the window: anything above a few percent means a neighbour disturbed the level.
 - first: issue 5's first-request penalty on ember, `--first-runs` spawns serving the reranker and
   the classifier together: after `/ready`, the first request of each class (rerank 1 query x 1
-  doc, rerank 1 x 32 docs of 60 words, predict 1 text, predict 32 texts), then per class the
-  median of 20 back-to-back requests and of 5 each sent after 0.2 s of quiet (RESULTS.md says
-  why both).
+  doc, rerank 1 x 32 docs of 60 words, predict 1 text of 20 words, predict 32 texts of 40 words),
+  then per class the median of 20 back-to-back requests and of 5 each sent after 0.2 s of quiet
+  (RESULTS.md says why both).
 - parity: the servers' scores against each other and against transformers on the same folder
   (max abs difference, sigmoid and raw; classifier: ember's softmax and logits).
 
@@ -90,13 +93,14 @@ MINILM_L6: dict[str, Any] = {
     "num_attention_heads": 12,
     "intermediate_size": 1536,
     # tiny_config's 0.2 saturates a 6-layer model (every sigmoid 0 or 1); BERT's 0.02 makes
-    # every score nearly equal. 0.05 spreads logits over a few units: parity means something.
+    # every score nearly equal. At 0.05 the logits spread over about -0.5..0.2.
     "initializer_range": 0.05,
 }
 """all-MiniLM-L6-v2's shape (and ms-marco-MiniLM-L-6-v2's, the common small reranker)."""
 
 PHASES = ("build", "prepare", "load", "first", "parity")
-SERVERS = ("ember", "infinity")
+SERVERS = ("ember", "ember-int8", "infinity")
+"""ember-int8: `--quantize int8` (dynamic int8 weights, VNNI), driven through TEI `/rerank` only."""
 
 Shape = Literal["tei_rerank", "v1_rerank", "predict"]
 Scores = dict[int, float]
@@ -148,14 +152,14 @@ def count_parameters(path: Path) -> int:
     return total
 
 
-def prepare(model: Path, log: Path) -> float:
+def prepare(model: Path, log: Path, extra: Sequence[str] = ()) -> float:
     """`ember prepare model` (a no-op when already cached) → seconds it took."""
     import subprocess
 
     start = time.perf_counter()
     with log.open("ab") as out:
         subprocess.run(
-            [str(PY), "-m", "ember", "prepare", str(model)],
+            [str(PY), "-m", "ember", "prepare", *extra, str(model)],
             check=True,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -179,19 +183,21 @@ class Server:
     """route label → (path, body shape) of the rerank routes to load."""
 
 
-def ember_server(models: Sequence[str], port: int, extra: Sequence[str]) -> Server:
+def ember_server(
+    models: Sequence[str], port: int, extra: Sequence[str], *, label: str = "ember"
+) -> Server:
     argv = [str(PY), "-m", "ember", "serve", "--host", "127.0.0.1", "--port", str(port)]
     for model in models:
         argv += ["--model", model]
+    routes: dict[str, tuple[str, Shape]] = {f"{label} /rerank": ("/rerank", "tei_rerank")}
+    if label == "ember":
+        routes["ember /v1/rerank"] = ("/v1/rerank", "v1_rerank")
     return Server(
-        label="ember",
+        label=label,
         argv=[*argv, *extra],
         ready_path="/ready",
         health_path="/health",
-        routes={
-            "ember /rerank": ("/rerank", "tei_rerank"),
-            "ember /v1/rerank": ("/v1/rerank", "v1_rerank"),
-        },
+        routes=routes,
     )
 
 
@@ -391,6 +397,10 @@ async def rerank_level(
         await asyncio.gather(*(c.connect() for c in conns))
         if warmup > 0:
             await phase(warmup)
+            # Fresh connections for the measured window: a user that finished its warm-up early
+            # sat idle on its connection while the others finished theirs (seconds at c=32),
+            # past uvicorn's 5 s keep-alive, and its next request would meet a closed socket.
+            await asyncio.gather(*(c.connect() for c in conns))
         server0, machine0 = meter.server_times(), meter.machine_busy()
         client0, wall0 = time.process_time(), time.perf_counter()
         tally = await phase(duration)
@@ -413,6 +423,8 @@ async def rerank_level(
         "server_cpu_pct": round(100 * server_cpu / wall, 1),
         "client_cpu_pct": round(100 * client_cpu / wall, 1),
         "machine_cpu_pct": round(100 * machine_cpu / wall, 1),
+        # Anything else on the machine in the window (another job, the kernel): the noise.
+        "other_cpu_pct": round(100 * (machine_cpu - server_cpu - client_cpu) / wall, 1),
     }
 
 
@@ -478,6 +490,20 @@ def max_abs_diff(a: Mapping[int, float], b: Mapping[int, float]) -> float:
     return max(abs(a[i] - b[i]) for i in a)
 
 
+def spearman(a: Mapping[int, float], b: Mapping[int, float]) -> float:
+    """Rank correlation of two score sets over the same indices (no ties expected)."""
+    import numpy as np
+
+    keys = sorted(a)
+    ra = np.array([a[k] for k in keys]).argsort().argsort()
+    rb = np.array([b[k] for k in keys]).argsort().argsort()
+    return round(float(np.corrcoef(ra, rb)[0, 1]), 4)
+
+
+def top(scores: Mapping[int, float], k: int) -> set[int]:
+    return set(sorted(scores, key=lambda i: -scores[i])[:k])
+
+
 def parity_report(
     ps: ParitySet,
     reranker: Path,
@@ -502,8 +528,9 @@ def parity_report(
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             pairs[f"{a} vs {b}"] = {
-                kind: max_abs_diff(sources[a][kind], sources[b][kind])
-                for kind in ("sigmoid", "raw")
+                **{k: max_abs_diff(sources[a][k], sources[b][k]) for k in ("sigmoid", "raw")},
+                "spearman": spearman(sources[a]["raw"], sources[b]["raw"]),
+                "top5_overlap": len(top(sources[a]["raw"], 5) & top(sources[b]["raw"], 5)),
             }
     sig = sources["transformers"]["sigmoid"]
     report: dict[str, Any] = {
@@ -652,10 +679,13 @@ def run_load_phase(args: argparse.Namespace, reranker: Path, ps: ParitySet) -> d
     for round_ in range(args.rounds):
         for label in args.servers:
             port = free_port()
+            ember_args = shlex.split(args.ember_args)
+            if label == "ember-int8":
+                ember_args += ["--quantize", "int8"]
             server = (
-                ember_server([str(reranker)], port, shlex.split(args.ember_args))
-                if label == "ember"
-                else infinity_server(reranker, port, shlex.split(args.infinity_args))
+                infinity_server(reranker, port, shlex.split(args.infinity_args))
+                if label == "infinity"
+                else ember_server([str(reranker)], port, ember_args, label=label)
             )
             doc = docs.setdefault(
                 label,
@@ -707,7 +737,7 @@ def run_load_phase(args: argparse.Namespace, reranker: Path, ps: ParitySet) -> d
                         _print_level(route, level)
     for label, doc in docs.items():
         write_json(doc, args.out / f"load-{label}.json")
-    write_json(parity, args.out / "parity-scores.json")
+    write_json(_str_keys(parity), args.out / "parity-scores.json")
     return {"docs": docs, "parity": parity}
 
 
@@ -716,7 +746,8 @@ def _print_level(route: str, level: Mapping[str, Any]) -> None:
     print(
         f"   {route:<18} c={level['concurrency']:<3} {level['req_per_s']:7.2f} req/s "
         f"{level['docs_per_s']:8.1f} docs/s  p50 {lat['p50']} p99 {lat['p99']} ms  "
-        f"errors {level['errors'] or 0}  server CPU {level['server_cpu_pct']}%",
+        f"errors {level['errors'] or 0}  server CPU {level['server_cpu_pct']}%  "
+        f"other {level['other_cpu_pct']}%",
         flush=True,
     )
 
@@ -738,10 +769,20 @@ def run_first_phase(
         cmd = shlex.join(server.argv).replace(str(port), "{port}")
         log = args.out / f"first-ember-run{index}.log"
         with running(server, port, log, timeout=args.ready_timeout) as srv:
+            meter = CpuMeter(srv.pid)
+            server0, machine0 = meter.server_times(), meter.machine_busy()
+            client0, wall0 = time.process_time(), time.perf_counter()
             results = asyncio.run(
                 measure_first(
                     srv.endpoint, classes, repeats=args.repeats, rng=random.Random(1000 + index)
                 )
+            )
+            wall = time.perf_counter() - wall0
+            other = (
+                meter.machine_busy()
+                - machine0
+                - tree_cpu_delta(server0, meter.server_times())
+                - (time.process_time() - client0)
             )
             if predictions is None:
                 predictions = asyncio.run(fetch_predict(srv.endpoint, ps))
@@ -749,6 +790,7 @@ def run_first_phase(
             "run": index,
             "ready_s": round(srv.probes.ready_seconds, 3),
             "rss_mb_at_ready": srv.rss_mb,
+            "other_cpu_pct": round(100 * other / wall, 1),
             "classes": {name: asdict(r) for name, r in results.items()},
         }
         runs.append(run)
@@ -757,7 +799,11 @@ def run_first_phase(
             f"×{r.ratio} (idle ×{r.ratio_idle})"
             for name, r in results.items()
         )
-        print(f"== first run {index}: ready {run['ready_s']} s; {cells}", flush=True)
+        print(
+            f"== first run {index}: ready {run['ready_s']} s, other CPU {run['other_cpu_pct']}%; "
+            f"{cells}",
+            flush=True,
+        )
     worst = {
         name: {
             "worst_ratio": max((r["classes"][name]["ratio"] or 0.0) for r in runs),
@@ -867,7 +913,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu-rerank")
     p.add_argument("--phases", default=",".join(PHASES), help=f"subset of {','.join(PHASES)}")
-    p.add_argument("--servers", default=",".join(SERVERS), help="load phase: ember,infinity")
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"load phase: {','.join(SERVERS)}")
     p.add_argument("--rounds", type=int, default=1, help="load phase: alternate servers N times")
     p.add_argument("--concurrency", type=parse_concurrency, default=[1, 8, 32])
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
@@ -920,6 +966,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for model in (reranker, classifier):
             seconds = prepare(model, args.out / "prepare.log")
             print(f"== ember prepare {model}: {seconds:.1f} s", flush=True)
+        seconds = prepare(reranker, args.out / "prepare.log", ["--quantize", "int8"])
+        print(f"== ember prepare --quantize int8 {reranker}: {seconds:.1f} s", flush=True)
     ps = parity_set()
     load = run_load_phase(args, reranker, ps) if "load" in args.phases else None
     first = run_first_phase(args, reranker, classifier, ps) if "first" in args.phases else None
@@ -939,7 +987,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for route, s in scores.items()
         }
         parity = parity_report(ps, reranker, classifier, rerank_scores, predictions)
-        write_json(parity, args.out / "parity.json")
+        write_json(_str_keys(parity), args.out / "parity.json")
     summary_path = args.out / "summary.json"
     summary = _read_json(summary_path) if summary_path.exists() else {}
     summary.update(summarize(load, first, parity))
@@ -950,6 +998,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     write_json(summary, summary_path)
     print_markdown(summary)
+
+
+def _str_keys(value: Any) -> Any:
+    """`value` with every dict key a string (JSON objects; orjson refuses int keys)."""
+    if isinstance(value, dict):
+        return {str(k): _str_keys(v) for k, v in value.items()}
+    return value
 
 
 def _read_json(path: Path) -> Any:
