@@ -193,8 +193,26 @@ class HttpConnection:
             raise HttpError(f"{type(exc).__name__}: {exc}", kind="protocol") from exc
 
     async def _roundtrip(self, method: str, path: str, body: bytes | None) -> Response:
-        if self._writer is None or self._writer.is_closing():
+        reused = not (
+            self._writer is None
+            or self._writer.is_closing()
+            or self._reader is None
+            or self._reader.at_eof()  # the server closed it while idle (its keep-alive timeout)
+        )
+        if not reused:
             await self.connect()
+        try:
+            return await self._send(method, path, body)
+        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as exc:
+            # A reused connection the server closed just as we wrote: nothing was answered,
+            # so one retry on a fresh connection is safe; a fresh one failing is an error.
+            partial = getattr(exc, "partial", b"")
+            if not reused or partial:
+                raise
+            await self.connect()
+            return await self._send(method, path, body)
+
+    async def _send(self, method: str, path: str, body: bytes | None) -> Response:
         assert self._reader is not None and self._writer is not None
         head = [f"{method} {path} HTTP/1.1\r\n".encode(), self._host_line]
         if body is not None:

@@ -286,3 +286,34 @@ def test_agrees_with_httpx_against_uvicorn(http: str) -> None:
     finally:
         server.should_exit = True
         thread.join(5)
+
+
+def test_a_connection_the_server_closed_while_idle_is_reopened_not_an_error() -> None:
+    """uvicorn closes keep-alive connections idle for 5 s; the next request must reconnect."""
+    asyncio.run(_closed_while_idle())
+
+
+async def _closed_while_idle() -> None:
+    import asyncio as aio
+
+    from ember.bench.client import HttpConnection as Conn
+
+    async def handle(reader: aio.StreamReader, writer: aio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()  # as a keep-alive timeout would, after answering
+
+    server = await aio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    conn = Conn("127.0.0.1", port, timeout=5)
+    try:
+        first = await conn.request("GET", "/")
+        await aio.sleep(0.05)  # the close reaches the client while it is idle
+        second = await conn.request("GET", "/")
+        assert (first.status, second.status) == (200, 200)
+        assert conn.connects == 2
+    finally:
+        await conn.close()
+        server.close()
+        await server.wait_closed()
