@@ -106,8 +106,18 @@ class Server:
 
 @pytest.fixture(scope="session")
 def ember_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One artifact cache for the whole e2e session: the built-in model is prepared once."""
-    return tmp_path_factory.mktemp("ember-cache")
+    """One artifact cache for the whole e2e session, the built-in model prepared into it once
+    by `ember prepare` in its own process: servers start from the artifact, as in production,
+    and never import torch (so their RSS is a serving process's)."""
+    cache = tmp_path_factory.mktemp("ember-cache")
+    subprocess.run(
+        [sys.executable, "-m", "ember", "prepare"],
+        env={**os.environ, "EMBER_CACHE_DIR": str(cache)},
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    return cache
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,7 @@ only 200s and 429s (with Retry-After); memory stays bounded; full speed comes ba
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -82,18 +79,6 @@ async def _queued_inputs(port: int) -> float:
     raise AssertionError("ember_queue_inputs is not exported")
 
 
-def prepare(cache: Path) -> None:
-    """Prepare the built-in model into `cache` in its own process (a no-op when it is), so the
-    server measured below never imported torch to export it: its RSS is a serving process's."""
-    subprocess.run(
-        [sys.executable, "-m", "ember", "prepare"],
-        env={**os.environ, "EMBER_CACHE_DIR": str(cache)},
-        check=True,
-        capture_output=True,
-        timeout=240,
-    )
-
-
 def _rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 2**20
 
@@ -101,7 +86,6 @@ def _rss_mb(pid: int) -> float:
 def test_a_burst_of_ten_times_the_bound_gets_200_or_429_and_the_server_recovers(
     ember_cache: Path, tmp_path: Path
 ) -> None:
-    prepare(ember_cache)
     srv = Server(
         "--max-concurrent-requests",
         str(BOUND),

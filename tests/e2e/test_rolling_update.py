@@ -15,7 +15,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -159,17 +158,6 @@ class Nginx:
         self._output.close()
 
 
-def prepare(cache: Path) -> None:
-    """Prepare the built-in model once, so every replica starts from the cached artifact."""
-    subprocess.run(
-        [sys.executable, "-m", "ember", "prepare"],
-        env={**os.environ, "EMBER_CACHE_DIR": str(cache)},
-        check=True,
-        capture_output=True,
-        timeout=240,
-    )
-
-
 class Load:
     """CLIENTS threads POSTing /embed through nginx until stopped; each answer is checked
     against the reference vectors."""
@@ -225,7 +213,6 @@ class Load:
 
 
 def test_rolling_update_behind_nginx_loses_no_request(ember_cache: Path, tmp_path: Path) -> None:
-    prepare(ember_cache)
     env = {"EMBER_CACHE_DIR": str(ember_cache)}
     servers: list[Server] = []
     nginx: Nginx | None = None
