@@ -107,7 +107,8 @@ class Settings(BaseSettings):
     """Most inputs queued or running at once; past it requests get 429 at once."""
     seq_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
     """Padded sequence lengths a batch may have (capped at the max input length); default:
-    steps of 8 to 64, then 16, 32, 64 for onnx on CPU; 16, 32, ..., 512 for torch."""
+    steps of 8 to 64, then 16, 32, 64 for onnx on CPU; ~1.5x steps for torch on CPU; 16, 32,
+    ..., 512 on CUDA."""
     row_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
     """Row counts a batch may have; default: every count for onnx on CPU (no padded rows),
     powers of two for torch."""

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 CPU_SEQ = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 # On CUDA every shape is a separate kernel plan or graph: few, coarse buckets.
 GPU_SEQ = (16, 32, 64, 128, 256, 512)
+# torch on CPU warms every shape too, but pays for padding like onnx: steps of about 1.5x.
+TORCH_CPU_SEQ = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 @dataclass(frozen=True, kw_only=True)

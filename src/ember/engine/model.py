@@ -16,7 +16,7 @@ from ember import metrics
 from ember.backends.base import Backend, FloatArray
 from ember.backends.cuda_graphs import DeviceOutOfMemory
 from ember.engine.batcher import Batcher
-from ember.engine.buckets import Buckets
+from ember.engine.buckets import TORCH_CPU_SEQ, Buckets
 from ember.engine.tokenizer import Direction, Encoded, Item, TextTokenizer
 from ember.engine.warmup import ShapeRun, WarmupReport, plan_shapes
 from ember.errors import BackendFailure, InvalidInput, NotReady, WrongTask
@@ -68,9 +68,12 @@ class ModelEngine:
 
     def _build_buckets(self, *, coarse: bool) -> Buckets:
         settings = self.settings
+        seq_buckets = settings.seq_buckets
+        if not seq_buckets and coarse and not self.gpu:
+            seq_buckets = list(TORCH_CPU_SEQ)
         return Buckets.build(
             max_length=self.spec.max_length,
-            seq_buckets=settings.seq_buckets,
+            seq_buckets=seq_buckets,
             row_buckets=settings.row_buckets,
             max_tokens=settings.max_batch_tokens or (32768 if self.gpu else 1024),
             max_rows=settings.max_batch_requests or (256 if self.gpu else 32),
