@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -51,6 +52,19 @@ def resolve_specs(settings: Settings) -> list[ModelSpec]:
     if duplicates:
         raise InvalidInput(f"served model names must be unique: {', '.join(duplicates)}")
     return specs
+
+
+def _release_free_heap() -> None:
+    """Hand the heap that loading freed (export, import-time garbage) back to the OS before
+    ready, so RSS at ready is what serving holds (glibc keeps freed memory otherwise)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: not glibc
+        ctypes.CDLL(name).malloc_trim(0)
 
 
 class Engines:
@@ -148,6 +162,7 @@ class Engines:
                 current.lifecycle.to(Stage.FAILED, error=message)
             self.lifecycle.to(Stage.FAILED, error=message)
             return
+        _release_free_heap()
         self.ready_seconds = self.lifecycle.since_start
         self.lifecycle.to(Stage.READY)
 
