@@ -1,6 +1,6 @@
-"""The torch backend on CUDA without HTTP: warm-up cost per shape, eager vs CUDA graph, steady
-latency per shape class, fp16/bf16 parity with the fp32 reference, import costs and the
-out-of-memory fallback of warm-up.
+"""The CUDA backends (CuPy and torch) without HTTP: warm-up cost per shape, eager vs CUDA
+graph, steady latency per shape class, fp16/bf16 parity with the fp32 reference, import costs
+and the out-of-memory fallback of warm-up.
 
     python benchmarks/gpu/backend_bench.py --model DIR --out results.json [--sections ...]
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,9 @@ IMPORTS = {
     "import transformers.models.bert.modeling_bert",
     "sentence_transformers": "import sentence_transformers",
     "fastapi+uvicorn": "import fastapi, uvicorn",
+    "cupy": "import cupy",
+    "cupy+cuda_init": "import cupy; cupy.zeros(1); cupy.cuda.runtime.deviceSynchronize()",
+    "ember_cupy_backend": "import ember.backends.cupy_backend, safetensors.numpy, cupy",
     "ember_serving_set": "import ember.http.app, ember.engine.registry, tokenizers, numpy",
 }
 
@@ -97,10 +101,9 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def warm_all(backend: Any, buckets: Buckets, rng: np.random.Generator) -> dict[str, Any]:
-    import torch
-
+    sync, memory = _device_hooks(backend)
     shapes = buckets.shapes()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     per = []
     for rows, seq in shapes:
@@ -114,6 +117,22 @@ def warm_all(backend: Any, buckets: Buckets, rng: np.random.Generator) -> dict[s
         "per_shape": per,
         "runner": backend.shape_report(),
         "describe": backend.describe(),
+        **memory(),
+    }
+
+
+def _device_hooks(backend: Any) -> tuple[Any, Any]:
+    """(synchronize, memory figures) for the backend's library."""
+    if backend.name == "cupy":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        return cupy.cuda.runtime.deviceSynchronize, lambda: {
+            "memory_reserved_mib": round(pool.total_bytes() / 2**20, 1)
+        }
+    import torch
+
+    return torch.cuda.synchronize, lambda: {
         "max_memory_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
         "memory_reserved_mib": round(torch.cuda.memory_reserved() / 2**20, 1),
     }
@@ -140,7 +159,9 @@ def steady(backend: Any, rng: np.random.Generator, n: int = 50) -> dict[str, Any
     return out
 
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
+    "cupy-graphs": {"graphs": True},
+    "cupy-eager": {"graphs": False},
     "native-graphs": {"native": True, "cuda_graphs": True},
     "native-graphs-cudnn": {"native": True, "cuda_graphs": True, "sdpa_cudnn": True},
     "native-eager": {"native": True, "cuda_graphs": False},
@@ -148,19 +169,34 @@ VARIANTS = {
 }
 
 
+def make_backend(spec: ModelSpec, name: str) -> Any:
+    if name.startswith("cupy"):
+        from ember.backends.cupy_backend import CupyBackend
+
+        return CupyBackend(spec=spec, **VARIANTS[name])
+    from ember.backends.torch_backend import TorchBackend
+
+    return TorchBackend(spec=spec, device="cuda", dtype="float16", **VARIANTS[name])
+
+
 def run_variant(model: str, name: str) -> dict[str, Any]:
     """One variant in this (fresh) process: import, load, warm every shape, steady timings."""
     t0 = time.perf_counter()
-    import torch
+    if name.startswith("cupy"):
+        import cupy  # noqa: F401
 
-    from ember.backends.torch_backend import TorchBackend
+        import ember.backends.cupy_backend
+    else:
+        import torch  # noqa: F401
 
+        import ember.backends.torch_backend  # noqa: F401
     imported = time.perf_counter() - t0
     spec = inspect_model(model)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    backend = TorchBackend(spec=spec, device="cuda", dtype="float16", **VARIANTS[name])
-    torch.cuda.synchronize()
+    backend = make_backend(spec, name)
+    sync, _ = _device_hooks(backend)
+    sync()
     load = time.perf_counter() - t0
     entry = {"import_s": round(imported, 3), "load_s": round(load, 3)}
     entry["warm"] = warm_all(backend, gpu_buckets(), rng)
@@ -169,7 +205,8 @@ def run_variant(model: str, name: str) -> dict[str, Any]:
 
 
 def section_shapes(spec: ModelSpec, results: dict[str, Any]) -> None:
-    for name in VARIANTS:
+    names = os.environ.get("VARIANTS", ",".join(VARIANTS)).split(",")
+    for name in names:
         proc = subprocess.run(
             [sys.executable, __file__, "--model", str(spec.path), "--variant", name],
             capture_output=True,
@@ -209,25 +246,37 @@ def section_parity(spec: ModelSpec, results: dict[str, Any]) -> None:
     ref_gpu = st_gpu.encode(PARITY_TEXTS, normalize_embeddings=False, convert_to_numpy=True)
     results["parity"]["st_fp32_gpu_vs_cpu_min_cos"] = float(cosines(ref_gpu, ref).min())
     del st_gpu
+    from ember.backends.cupy_backend import CupyBackend
+
+    variants: list[tuple[str, Any]] = [
+        (f"float16-cupy-{'graphs' if g else 'eager'}", lambda g=g: CupyBackend(spec=spec, graphs=g))
+        for g in (True, False)
+    ]
+    variants += [
+        (
+            f"{dtype}-{'native' if native else 'transformers'}",
+            lambda d=dtype, nat=native: TorchBackend(spec=spec, device="cuda", dtype=d, native=nat),
+        )
+        for dtype in ("float16", "bfloat16", "float32")
+        for native in (True, False)
+    ]
     n = len(PARITY_TEXTS)
-    for dtype in ("float16", "bfloat16", "float32"):
-        for native in (True, False):
-            backend = TorchBackend(spec=spec, device="cuda", dtype=dtype, native=native)
-            found = {}
-            # The same texts through several bucket shapes, each run twice (first run captures).
-            for rows, seq in ((32, 256), (n, 256), (64, 256)):
-                batch = padded(spec, PARITY_TEXTS, rows, seq)
-                first = backend.run(batch)[:n]
-                again = backend.run(batch)[:n]
-                found[f"{rows}x{seq}"] = {
-                    "min_cos": float(cosines(again, ref).min()),
-                    "mean_cos": float(cosines(again, ref).mean()),
-                    "replay_equals_first": bool(np.array_equal(first, again)),
-                }
-            key = f"{dtype}-{'native' if native else 'transformers'}"
-            results["parity"][key] = found
-            print(key, {k: round(v["min_cos"], 6) for k, v in found.items()}, flush=True)
-            backend.close()
+    for key, make in variants:
+        backend = make()
+        found = {}
+        # The same texts through several bucket shapes, each run twice (first run captures).
+        for rows, seq in ((32, 256), (n, 256), (64, 256)):
+            batch = padded(spec, PARITY_TEXTS, rows, seq)
+            first = backend.run(batch)[:n]
+            again = backend.run(batch)[:n]
+            found[f"{rows}x{seq}"] = {
+                "min_cos": float(cosines(again, ref).min()),
+                "mean_cos": float(cosines(again, ref).mean()),
+                "replay_equals_first": bool(np.array_equal(first, again)),
+            }
+        results["parity"][key] = found
+        print(key, {k: round(v["min_cos"], 6) for k, v in found.items()}, flush=True)
+        backend.close()
     # Every shape's graph after all were captured into one pool: does a replay still equal an
     # eager forward of the same batch? (The shared pool is only safe if it does.)
     rng = np.random.default_rng(1)

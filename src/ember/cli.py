@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(check)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    prepare = sub.add_parser("prepare", help="export and optimise a model to ONNX, once, cached")
+    prepare = sub.add_parser(
+        "prepare",
+        help="export and optimise a model to ONNX, once, cached "
+        "(with --device cuda: compile the CUDA kernels into the cache)",
+    )
     prepare.add_argument(
         "source", nargs="?", default="builtin", help="model folder, cached id or builtin"
     )
@@ -132,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ember.check import run_check
 
         return run_check(settings, as_json=namespace.json)
+    if command == "prepare" and settings.device == "cuda":
+        return _prepare_cuda(settings, namespace.source)
     if command == "prepare":
         from ember.backends.artifact import prepare_main
 
@@ -144,3 +150,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     parser.print_help()
     return 2
+
+
+def _prepare_cuda(settings: Settings, source: str) -> int:
+    """`ember prepare --device cuda`: what a GPU start can reuse. The CuPy backend's kernels are
+    compiled into the cache (the model itself needs no preparing: its weights load as they are)."""
+    from ember.backends.loader import resolve_backend
+    from ember.errors import EmberError
+    from ember.models import inspect_model
+
+    try:
+        spec = inspect_model(source, pooling=settings.pooling)
+        backend = resolve_backend(settings, "cuda", spec)
+        if backend != "cupy":
+            print(f"ember: {spec.name} is served by {backend} on CUDA: nothing to prepare")
+            return 0
+        from ember.backends.cupy_backend import prepare_kernels
+
+        print(prepare_kernels(settings.cache_dir))
+    except EmberError as exc:
+        print(f"ember: error: {exc.message}", file=sys.stderr)
+        return 1
+    return 0

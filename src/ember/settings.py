@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
-BackendName = Literal["auto", "onnx", "torch"]
+BackendName = Literal["auto", "onnx", "cupy", "torch"]
 Pooling = Literal["mean", "cls", "max", "lasttoken"]
 Quantize = Literal["none", "int8"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     dtype: DType = "auto"
     """Compute dtype: float32 on CPU and float16 on CUDA under `auto`."""
     backend: BackendName = "auto"
-    """Inference backend: `onnx` on CPU (prepared on first use), `torch` on CUDA, under `auto`."""
+    """Inference backend. Under `auto`: `onnx` on CPU (prepared on first use); on CUDA `cupy`
+    for plain BERT models in float16 when CuPy is installed (no torch import), else `torch`."""
     quantize: Quantize = "none"
     """ONNX weight quantisation: `int8` (dynamic, VNNI) trades a little accuracy for speed."""
     cache_dir: Path = Field(default_factory=_default_cache_dir)

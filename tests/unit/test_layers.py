@@ -9,7 +9,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "ember"
 WEB = ("fastapi", "starlette", "uvicorn", "ember.http", "ember.server")
-HEAVY = ("torch", "transformers", "sentence_transformers")
+HEAVY = ("torch", "transformers", "sentence_transformers", "cupy")
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:

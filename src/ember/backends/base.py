@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,3 +42,15 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+GPU_SWITCH_INTERVAL = 0.001
+"""Seconds between GIL hand-overs on CUDA (Python's default is 0.005)."""
+
+
+def use_short_gil_switch() -> None:
+    """For GPU backends: the batch thread waits on the GPU with the GIL released and must get
+    it back while the event loop thread runs Python; at the default 5 ms switch interval each
+    batch waited ~5 ms per hand-over. 1 ms: +33% requests/s at c=32, +49% at c=128 on an H100
+    (0.2 ms was slower than 5 ms: docs/gpu.md)."""
+    sys.setswitchinterval(min(sys.getswitchinterval(), GPU_SWITCH_INTERVAL))

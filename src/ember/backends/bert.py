@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ember.models import ModelSpec, Task
 
@@ -29,6 +29,7 @@ log = logging.getLogger("ember.backends.torch")
 
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 _HEADS = {"BertForSequenceClassification"}
+W = TypeVar("W")
 
 
 def supported(spec: ModelSpec) -> dict[str, Any] | None:
@@ -52,6 +53,59 @@ def supported(spec: ModelSpec) -> dict[str, Any] | None:
     if not (spec.path / "model.safetensors").is_file():
         return None
     return config
+
+
+_LAYER = {
+    "q_w": "attention.self.query.weight",
+    "q_b": "attention.self.query.bias",
+    "k_w": "attention.self.key.weight",
+    "k_b": "attention.self.key.bias",
+    "v_w": "attention.self.value.weight",
+    "v_b": "attention.self.value.bias",
+    "out_w": "attention.output.dense.weight",
+    "out_b": "attention.output.dense.bias",
+    "ln1_w": "attention.output.LayerNorm.weight",
+    "ln1_b": "attention.output.LayerNorm.bias",
+    "up_w": "intermediate.dense.weight",
+    "up_b": "intermediate.dense.bias",
+    "down_w": "output.dense.weight",
+    "down_b": "output.dense.bias",
+    "ln2_w": "output.LayerNorm.weight",
+    "ln2_b": "output.LayerNorm.bias",
+}
+"""Short names of one encoder layer's weights → their names under `encoder.layer.N.`."""
+
+
+def named_weights(weights: Mapping[str, W], *, layers: int, task: Task) -> dict[str, W]:
+    """The checkpoint's tensors under short names (any array type: torch, numpy, CuPy):
+    `word`, `position`, `types` (if any), `emb_ln_w/b`, `N.<layer name>` for each layer, and
+    for rerank/classify `pooler_w/b`, `classifier_w/b`. KeyError names a missing weight."""
+    prefix = "bert." if any(k.startswith("bert.") for k in weights) else ""
+
+    def take(name: str) -> W:
+        if prefix + name not in weights:
+            raise KeyError(f"weight {prefix + name} is missing")
+        return weights[prefix + name]
+
+    out = {
+        "word": take("embeddings.word_embeddings.weight"),
+        "position": take("embeddings.position_embeddings.weight"),
+        "emb_ln_w": take("embeddings.LayerNorm.weight"),
+        "emb_ln_b": take("embeddings.LayerNorm.bias"),
+    }
+    if prefix + "embeddings.token_type_embeddings.weight" in weights:
+        out["types"] = take("embeddings.token_type_embeddings.weight")
+    for i in range(layers):
+        for short, name in _LAYER.items():
+            out[f"{i}.{short}"] = take(f"encoder.layer.{i}.{name}")
+    if task is not Task.EMBED:
+        out["pooler_w"] = take("pooler.dense.weight")
+        out["pooler_b"] = take("pooler.dense.bias")
+        for short in ("weight", "bias"):
+            if f"classifier.{short}" not in weights:
+                raise KeyError(f"weight classifier.{short} is missing")
+            out[f"classifier_{short[0]}"] = weights[f"classifier.{short}"]
+    return out
 
 
 class BertEncoder:
@@ -79,45 +133,20 @@ class BertEncoder:
         else:
             self._act = lambda x: F.gelu(x, approximate="tanh")
 
-        prefix = "bert." if any(k.startswith("bert.") for k in weights) else ""
-
-        def take(name: str) -> torch.Tensor:
-            key = prefix + name
-            if key not in weights:
-                raise KeyError(f"weight {key} is missing")
-            return weights[key]
-
-        self.word = take("embeddings.word_embeddings.weight")
-        self.position = take("embeddings.position_embeddings.weight")
-        types = prefix + "embeddings.token_type_embeddings.weight"
-        self.types = weights.get(types)
-        self.emb_norm = (take("embeddings.LayerNorm.weight"), take("embeddings.LayerNorm.bias"))
+        w = named_weights(weights, layers=self.layers, task=task)
+        self.word, self.position, self.types = w["word"], w["position"], w.get("types")
+        self.emb_norm = (w["emb_ln_w"], w["emb_ln_b"])
         self.blocks: list[dict[str, torch.Tensor]] = []
         for i in range(self.layers):
-            p = f"encoder.layer.{i}."
-            q, k, v = (take(f"{p}attention.self.{n}.weight") for n in ("query", "key", "value"))
-            qb, kb, vb = (take(f"{p}attention.self.{n}.bias") for n in ("query", "key", "value"))
-            self.blocks.append(
-                {
-                    "qkv_w": torch.cat([q, k, v]).contiguous(),
-                    "qkv_b": torch.cat([qb, kb, vb]).contiguous(),
-                    "out_w": take(f"{p}attention.output.dense.weight"),
-                    "out_b": take(f"{p}attention.output.dense.bias"),
-                    "ln1_w": take(f"{p}attention.output.LayerNorm.weight"),
-                    "ln1_b": take(f"{p}attention.output.LayerNorm.bias"),
-                    "up_w": take(f"{p}intermediate.dense.weight"),
-                    "up_b": take(f"{p}intermediate.dense.bias"),
-                    "down_w": take(f"{p}output.dense.weight"),
-                    "down_b": take(f"{p}output.dense.bias"),
-                    "ln2_w": take(f"{p}output.LayerNorm.weight"),
-                    "ln2_b": take(f"{p}output.LayerNorm.bias"),
-                }
-            )
+            b = {name: w[f"{i}.{name}"] for name in _LAYER}
+            b["qkv_w"] = torch.cat([b.pop("q_w"), b.pop("k_w"), b.pop("v_w")]).contiguous()
+            b["qkv_b"] = torch.cat([b.pop("q_b"), b.pop("k_b"), b.pop("v_b")]).contiguous()
+            self.blocks.append(b)
         self.pooler: tuple[torch.Tensor, torch.Tensor] | None = None
         self.classifier: tuple[torch.Tensor, torch.Tensor] | None = None
         if task is not Task.EMBED:
-            self.pooler = (take("pooler.dense.weight"), take("pooler.dense.bias"))
-            self.classifier = (weights["classifier.weight"], weights["classifier.bias"])
+            self.pooler = (w["pooler_w"], w["pooler_b"])
+            self.classifier = (w["classifier_w"], w["classifier_b"])
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
     def forward(

@@ -24,7 +24,7 @@ def resolve_device(settings: Settings) -> str:
     if cuda_present() and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != "":
         import importlib.util
 
-        if importlib.util.find_spec("torch") is not None:
+        if any(importlib.util.find_spec(m) is not None for m in ("cupy", "torch")):
             return "cuda"
     return "cpu"
 
@@ -34,7 +34,15 @@ def resolve_backend(settings: Settings, device: str, spec: ModelSpec) -> str:
         return "onnx"
     if settings.backend != "auto":
         return settings.backend
-    return "torch" if device == "cuda" else "onnx"
+    if device != "cuda":
+        return "onnx"
+    from ember.backends.cupy_backend import unsupported
+
+    reason = unsupported(spec, settings)
+    if reason is None:
+        return "cupy"
+    log.info("%s: the torch backend serves it on CUDA (%s)", spec.name, reason)
+    return "torch"
 
 
 def create_backend(spec: ModelSpec, settings: Settings) -> Backend:
@@ -44,6 +52,10 @@ def create_backend(spec: ModelSpec, settings: Settings) -> Backend:
         from ember.backends.onnx_backend import OnnxBackend
 
         return OnnxBackend.for_model(spec=spec, settings=settings, device=device)
+    if name == "cupy":
+        from ember.backends.cupy_backend import CupyBackend
+
+        return CupyBackend(spec=spec, graphs=settings.cuda_graphs, cache_dir=settings.cache_dir)
     from ember.backends.torch_backend import TorchBackend
 
     return TorchBackend(

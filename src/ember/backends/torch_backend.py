@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ember.backends.base import Batch, FloatArray
+from ember.backends.base import Batch, FloatArray, use_short_gil_switch
 from ember.backends.cuda_graphs import DeviceOutOfMemory, GraphRunner
 from ember.errors import ModelError
 from ember.models import ModelSpec, Task
@@ -28,9 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["DeviceOutOfMemory", "TorchBackend", "pick_device", "pick_dtype", "pool"]
 
 log = logging.getLogger("ember.backends.torch")
-
-_SWITCH_INTERVAL = 0.001
-"""Seconds between GIL hand-overs on CUDA (Python's default is 0.005)."""
 
 
 def pick_device(device: str) -> str:
@@ -123,11 +119,7 @@ class TorchBackend:
             forward = self._load_transformers()
         self._runner: GraphRunner | None = None
         if self.device.startswith("cuda"):
-            # The batch thread waits on the GPU with the GIL released and must get it back while
-            # the event loop thread runs Python; at the default 5 ms switch interval each batch
-            # waited ~5 ms per hand-over. 1 ms: +33% requests/s at c=32, +49% at c=128 on an
-            # H100 (0.2 ms was slower than 5 ms: docs/gpu.md).
-            sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL))
+            use_short_gil_switch()
             if not sdpa_cudnn:
                 forward = _without_cudnn_attention(forward)
             self.sdpa_cudnn = sdpa_cudnn

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ember.backends.artifact import ensure_artifact
-from ember.models import inspect_model
+from ember.models import ModelSpec, inspect_model
 from ember.settings import Settings
 from tests import tiny_models
+from tests.corpus import PARITY_TEXTS
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +65,20 @@ def tiny_artifact(tiny_plain: Path, settings: Settings) -> Path:
     """The plain tiny model prepared with mean pooling: cheap to copy and damage."""
     artifact, _ = ensure_artifact(inspect_model(str(tiny_plain)), settings)
     return artifact
+
+
+@pytest.fixture(scope="session")
+def builtin() -> ModelSpec:
+    return inspect_model("builtin")
+
+
+@pytest.fixture(scope="session")
+def reference(builtin: ModelSpec) -> np.ndarray:
+    """sentence-transformers' own fp32 vectors for the parity corpus (unnormalised)."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(builtin.path), device="cpu", local_files_only=True)
+    vectors: np.ndarray = model.encode(
+        PARITY_TEXTS, normalize_embeddings=False, convert_to_numpy=True
+    )
+    return vectors

@@ -4,7 +4,6 @@ out-of-memory fallback of warm-up."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -14,62 +13,16 @@ import numpy as np
 import pytest
 
 from ember.backends import bert
-from ember.backends.base import Batch
 from ember.backends.torch_backend import TorchBackend, pool
-from ember.engine.tokenizer import Item, TextTokenizer
+from ember.engine.tokenizer import Item
 from ember.models import ModelSpec, Task, inspect_model
 from tests import tiny_models
 from tests.corpus import PARITY_TEXTS
+from tests.unit.backends.common import PAIRS, batch_of, cosines
 
 torch = pytest.importorskip("torch")
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-PAIRS = [
-    ("what is ember?", "an embedding server that is warm before it is ready"),
-    ("what is ember?", "the glowing remains of a fire"),
-    ("capital of france", "Paris is the capital of France."),
-]
-
-
-def batch_of(spec: ModelSpec, items: list[Item], *, rows: int | None = None, seq: int = 0) -> Batch:
-    """Tokenise and right-pad like the batcher: padding rows attend to their first token."""
-    tokenizer = TextTokenizer(path=spec.tokenizer_file, max_length=spec.max_length)
-    encoded = tokenizer.encode(items)
-    rows = rows or len(encoded) + 1
-    seq = max(seq, *(e.length for e in encoded))
-    ids = np.full((rows, seq), tokenizer.pad_id, dtype=np.int64)
-    mask = np.zeros((rows, seq), dtype=np.int64)
-    types = np.zeros((rows, seq), dtype=np.int64)
-    for row, enc in enumerate(encoded):
-        ids[row, : enc.length] = enc.ids
-        mask[row, : enc.length] = 1
-        types[row, : enc.length] = enc.type_ids
-    mask[len(encoded) :, 0] = 1
-    return Batch(input_ids=ids, attention_mask=mask, token_type_ids=types, real_rows=len(encoded))
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    out: np.ndarray = (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
-    return out
-
-
-@pytest.fixture(scope="module")
-def builtin() -> ModelSpec:
-    return inspect_model("builtin")
-
-
-@pytest.fixture(scope="module")
-def reference(builtin: ModelSpec) -> np.ndarray:
-    """sentence-transformers' own fp32 vectors for the parity corpus (unnormalised)."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(builtin.path), device="cpu", local_files_only=True)
-    vectors: np.ndarray = model.encode(
-        PARITY_TEXTS, normalize_embeddings=False, convert_to_numpy=True
-    )
-    return vectors
 
 
 @pytest.fixture(scope="module")
@@ -200,25 +153,14 @@ def test_cuda_low_precision_matches_fp32_reference(
 @cuda
 def test_cuda_graphs_share_one_pool_safely(builtin: ModelSpec) -> None:
     """Capture every shape into the shared pool, then check replays against eager forwards."""
-    from ember.engine.buckets import Buckets
+    from tests.unit.backends.common import graphs_match_eager
 
-    buckets = Buckets.build(
-        max_length=256,
-        seq_buckets=[16, 64, 256],
-        row_buckets=[],
-        max_tokens=4096,
-        max_rows=32,
-        gpu=True,
-    )
     graphs = TorchBackend(spec=builtin, device="cuda")
     eager = TorchBackend(spec=builtin, device="cuda", cuda_graphs=False)
-    texts = [PARITY_TEXTS[i % len(PARITY_TEXTS)] for i in range(32)]
-    for rows, seq in buckets.shapes():
-        graphs.run(batch_of(builtin, texts[:rows], rows=rows, seq=seq))
+    graphs_match_eager(
+        builtin, graphs, eager, [PARITY_TEXTS[i % len(PARITY_TEXTS)] for i in range(32)]
+    )
     assert graphs.describe()["graph_shapes"] > 0
-    for rows, seq in reversed(buckets.shapes()):
-        batch = batch_of(builtin, texts[:rows][::-1], rows=rows, seq=seq)
-        assert cosines(graphs.run(batch), eager.run(batch)).min() >= 0.9999
     graphs.close()
     eager.close()
 
@@ -226,28 +168,19 @@ def test_cuda_graphs_share_one_pool_safely(builtin: ModelSpec) -> None:
 @pytest.mark.gpu
 @cuda
 def test_warm_up_lowers_max_batch_tokens_on_cuda_oom(builtin: ModelSpec) -> None:
-    from ember.engine.registry import Engines
-    from ember.settings import Settings
+    from tests.unit.backends.common import warm_up_under_a_memory_cap
 
     total = torch.cuda.get_device_properties(0).total_memory
 
-    def factory(spec: ModelSpec, settings: Settings) -> TorchBackend:
+    def factory(spec: ModelSpec, settings: object) -> TorchBackend:
         backend = TorchBackend(spec=spec, device="cuda", dtype="float16")
         # Room for the weights and about 250 MiB: 32768 tokens per batch do not fit.
         allowed = torch.cuda.memory_allocated() + 250 * 2**20
         torch.cuda.set_per_process_memory_fraction(allowed / total)
         return backend
 
-    async def go() -> tuple[str, int]:
-        engines = Engines(Settings(model=["builtin"]), backend_factory=factory, gpu=True)
-        await engines.start()
-        model = engines.models[0]
-        stage, tokens = engines.stage.value, model.describe()["buckets"]["max_batch_tokens"]
-        await engines.stop()
-        return stage, tokens
-
     try:
-        stage, tokens = asyncio.run(go())
+        stage, tokens = warm_up_under_a_memory_cap(factory)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
