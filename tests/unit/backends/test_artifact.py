@@ -15,6 +15,7 @@ import pytest
 
 from ember.backends import artifact
 from ember.backends.artifact import (
+    DATA_FILE,
     MANIFEST_NAME,
     MODEL_FILE,
     Options,
@@ -63,6 +64,9 @@ def test_manifest_records_labels_versions_and_hash(
     assert spec.labels == ("negative", "neutral", "positive")
     assert manifest.model_size == (path / MODEL_FILE).stat().st_size
     assert manifest.model_sha256 == artifact.file_sha256(path / MODEL_FILE)
+    assert manifest.data_size == (path / DATA_FILE).stat().st_size
+    assert manifest.data_sha256 == artifact.file_sha256(path / DATA_FILE)
+    assert manifest.model_size < manifest.data_size  # the weights live in the data file
     assert {"ember", "onnxruntime", "onnx", "torch"} <= manifest.versions.keys()
     assert manifest.inputs == ("input_ids", "attention_mask", "token_type_ids")
     assert manifest.options == Options()
@@ -148,18 +152,25 @@ def test_a_failed_prepare_leaves_nothing_and_the_next_one_cleans_up(
 # --- damage is detected, never served ----------------------------------------------------------
 
 
-def _truncate(path: Path) -> None:
-    model = path / MODEL_FILE
-    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+def _truncate(name: str) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        file = path / name
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+    return damage
 
 
-def _garble_weights(path: Path) -> None:
+def _garble(name: str) -> Callable[[Path], None]:
     """Same size, different bytes: only the hash can tell."""
-    model = path / MODEL_FILE
-    data = bytearray(model.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 64] = bytes(64)
-    model.write_bytes(bytes(data))
+
+    def damage(path: Path) -> None:
+        file = path / name
+        data = bytearray(file.read_bytes())
+        middle = len(data) // 2
+        data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+        file.write_bytes(bytes(data))
+
+    return damage
 
 
 def _garble_header(path: Path) -> None:
@@ -184,10 +195,26 @@ def _bad_json(path: Path) -> None:
 
 
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
-    "truncated-model": (_truncate, MODEL_FILE),
-    "garbled-weights": (_garble_weights, MODEL_FILE),
+    "truncated-model": (_truncate(MODEL_FILE), MODEL_FILE),
+    "garbled-graph": (_garble(MODEL_FILE), MODEL_FILE),
     "garbled-header": (_garble_header, MODEL_FILE),
     "missing-model": (lambda p: (p / MODEL_FILE).unlink(), MODEL_FILE),
+    "truncated-weights": (_truncate(DATA_FILE), DATA_FILE),
+    "garbled-weights": (_garble(DATA_FILE), DATA_FILE),
+    "missing-weights": (lambda p: (p / DATA_FILE).unlink(), DATA_FILE),
+    "weights-manifest-size": (
+        _edit_manifest(lambda d: d["graph"]["data"].update(size=1)),
+        DATA_FILE,
+    ),
+    "weights-manifest-hash": (
+        _edit_manifest(lambda d: d["graph"]["data"].update(sha256="0" * 64)),
+        DATA_FILE,
+    ),
+    "weights-manifest-file": (
+        _edit_manifest(lambda d: d["graph"]["data"].update(file="../elsewhere")),
+        MANIFEST_NAME,
+    ),
+    "format-1": (_edit_manifest(lambda d: d.update(format_version=1)), MANIFEST_NAME),
     "manifest-not-json": (_bad_json, MANIFEST_NAME),
     "manifest-size": (_edit_manifest(lambda d: d["graph"].update(size=1)), MODEL_FILE),
     "manifest-hash": (_edit_manifest(lambda d: d["graph"].update(sha256="0" * 64)), MODEL_FILE),

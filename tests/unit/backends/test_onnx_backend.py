@@ -75,6 +75,22 @@ def test_parity_with_sentence_transformers(builtin_artifact: Path, settings: Set
     assert not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
 
 
+def test_the_prepared_graph_is_fused_without_skip_layer_norm(builtin_artifact: Path) -> None:
+    """ORT's SkipLayerNormalization is ~3x slower on CPU than Add + LayerNormalization
+    (onnx_notes.md): the artifact keeps the latter, and its weights in the external data file."""
+    import onnx
+
+    from ember.backends.artifact import MODEL_FILE
+
+    graph = onnx.load(str(builtin_artifact / MODEL_FILE), load_external_data=False).graph
+    ops = {node.op_type for node in graph.node}
+    assert {"Attention", "EmbedLayerNormalization", "BiasGelu", "LayerNormalization"} <= ops
+    assert "SkipLayerNormalization" not in ops
+    big = [t for t in graph.initializer if int(np.prod(t.dims)) * 4 >= 4096]
+    assert big
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in big)
+
+
 def _hidden_states(path: Path, batch: Batch) -> np.ndarray[Any, Any]:
     import torch
     from transformers import AutoModel
