@@ -10,9 +10,11 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# On CPU a new shape is not cold once the arena has grown (benchmarks/cold_shapes.py), so
-# buckets can be fine: padding costs as much compute as real tokens there.
-CPU_SEQ = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+# On CPU (ONNX Runtime) a new shape is not cold once the arena has grown
+# (benchmarks/cold_shapes.py), and padding costs as much compute as real tokens: every length
+# is its own bucket, so a batch is padded to its longest input and no further (from 2: the
+# shortest input a tokenizer with [CLS] and [SEP] gives, which warm-up must be able to make).
+CPU_SEQ = tuple(range(2, 513))
 # On CUDA every shape is a separate kernel plan or graph: few, coarse buckets.
 GPU_SEQ = (16, 32, 64, 128, 256, 512)
 # torch on CPU warms every shape too, but pays for padding like onnx: steps of about 1.5x.
@@ -87,12 +89,19 @@ class Buckets:
         return sorted(out, key=lambda shape: (shape[0] * shape[1], shape[1]), reverse=True)
 
 
+MERGE_WASTE = 1 / 8
+"""How much of a batch's padded length a shorter input may leave as padding to join it."""
+
+
 def plan_batches(lengths: Sequence[int], buckets: Buckets) -> list[list[int]]:
     """Group inputs (by token length) into batches; returns indices into `lengths`.
 
-    Inputs of one length bucket go together, longest bucket first, each batch as full as the
-    token budget allows; inputs of different buckets are never padded together, since on
-    compute-bound hardware padding costs as much as real tokens.
+    Longest first, each batch as full as the token budget allows. An input joins the batch if it
+    falls in the batch's length bucket, or if padding it to that length wastes at most
+    `MERGE_WASTE` of it: on compute-bound hardware padding costs as much as real tokens, so
+    inputs of very different lengths are never padded together, and with fine (CPU) buckets
+    near lengths still share a batch instead of splitting it. With coarse buckets (steps of 1.5x
+    or more) the rule is the bucket's alone.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batches: list[list[int]] = []
@@ -100,7 +109,8 @@ def plan_batches(lengths: Sequence[int], buckets: Buckets) -> list[list[int]]:
     current_seq = 0
     for i in order:
         seq = buckets.seq_for(lengths[i])
-        if current and (seq != current_seq or not buckets.fits(len(current) + 1, current_seq)):
+        near = seq == current_seq or lengths[i] >= current_seq * (1 - MERGE_WASTE)
+        if current and not (near and buckets.fits(len(current) + 1, current_seq)):
             batches.append(current)
             current = []
         if not current:

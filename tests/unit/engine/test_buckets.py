@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ember.engine.buckets import Buckets, plan_batches
+from ember.engine.buckets import MERGE_WASTE, Buckets, plan_batches
 from ember.engine.warmup import plan_shapes
 
 
@@ -75,8 +75,29 @@ def test_every_emitted_shape_is_in_the_warmed_set(lengths: list[int], buckets: B
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
-@given(lengths=lengths_strategy)
-def test_inputs_of_one_bucket_are_never_padded_with_longer_ones(lengths: list[int]) -> None:
-    b = make()
+@given(lengths=lengths_strategy, fine=st.booleans())
+def test_no_input_is_padded_far_past_its_length(lengths: list[int], fine: bool) -> None:
+    """An input shares a batch with longer ones only within its bucket, or when padding it
+    wastes at most MERGE_WASTE of the batch's length (coarse buckets: the bucket alone)."""
+    b = fine_cpu() if fine else make()
     for batch in plan_batches(lengths, b):
-        assert len({b.seq_for(lengths[i]) for i in batch}) == 1
+        seq = b.seq_for(max(lengths[i] for i in batch))
+        for i in batch:
+            near = lengths[i] >= seq * (1 - MERGE_WASTE)
+            assert b.seq_for(lengths[i]) == seq or (fine and near)
+
+
+def fine_cpu() -> Buckets:
+    return Buckets.build(
+        max_length=256, seq_buckets=[], row_buckets=[], max_tokens=1024, max_rows=32
+    )
+
+
+def test_cpu_batches_are_padded_to_their_longest_input() -> None:
+    b = fine_cpu()
+    assert b.seq_for(42) == 42 and b.seq[-1] == 256
+    lengths = [42] * 30 + [40] * 5 + [20] * 3
+    batches = plan_batches(lengths, b)
+    assert [len(x) for x in batches] == [24, 11, 3]  # 1024 // 42 = 24 rows
+    # 40 pads to 42 (5 % waste) and shares a batch; 20 would waste half: its own batch.
+    assert [b.seq_for(max(lengths[i] for i in x)) for x in batches] == [42, 42, 20]
