@@ -7,9 +7,10 @@ everything serving needs (task, pooling, limits, labels, prompts) so that servin
 reads no other file. Artifacts are written to a temporary sibling and renamed into place, so a
 killed prepare never leaves half of one; a damaged one raises `ModelError` naming the file.
 
-Serving-side functions (`spec_from_artifact`, `load_manifest`, `ensure_artifact` on a cache
-hit) import only the standard library and ember; torch, transformers and onnx are imported
-inside the prepare-path functions alone.
+This module is the serving side and the orchestration: options, cache keys, the manifest, damage
+checks, the cache lock and `ember prepare`'s command line; it imports only the standard library
+and ember. Building an artifact (export, fuse, quantise, optimise, verify) is
+`backends/export.py`, imported only when one is built.
 """
 
 from __future__ import annotations
@@ -24,25 +25,16 @@ import secrets
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from ember import __version__
 from ember.errors import EmberError, ModelError
-from ember.models import ModelSpec, Task, folder_digest, inspect_model
+from ember.models import ModelSpec, Task, inspect_model
 from ember.settings import Quantize, Settings
-
-if TYPE_CHECKING:
-    import torch
-
-    from ember.backends.base import FloatArray
 
 log = logging.getLogger("ember.backends.artifact")
 
@@ -52,10 +44,6 @@ DATA_FILE = "model.onnx.data"
 """The graph's initializers as ONNX external data. ONNX Runtime maps the file instead of copying
 it into the heap, so the pages that serving never reads (most rows of the word-embedding
 table: 45 MiB of all-MiniLM-L6-v2's 86 MB) stay out of RSS (onnx_notes.md)."""
-DATA_ALIGNMENT = 4096
-"""Each external tensor starts at a page boundary, so a mapped tensor shares no page."""
-DATA_MIN_BYTES = 1024
-"""Initializers smaller than this stay inside the graph file (shapes, scalars)."""
 FORMAT_VERSION = 2
 """Part of the cache key, so that a new layout or graph recipe prepares again. 2: weights in
 `DATA_FILE`, residual Add + LayerNormalization instead of SkipLayerNormalization (1: weights
@@ -66,36 +54,6 @@ DEFAULT_OPTIMIZE = 2
 """ORT level baked into the saved graph: 2 (extended) is the highest level whose output is not
 tied to the preparing machine's CPU (99 adds layout transforms ORT marks hardware-specific)."""
 OPTIMIZE_LEVELS = (0, 1, 2, 99)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "sentencepiece.bpe.model",
-    "spiece.model",
-)
-"""Copied when present; only tokenizer.json is required (ember tokenizes with `tokenizers`)."""
-
-# Model types whose encoder ORT's "bert" fusions recognise (attention, embed+layernorm, gelu).
-_BERT_LIKE = frozenset(
-    {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet", "ernie"}
-)
-# Verification thresholds against the torch wrapper on the same inputs.
-_FP32_MIN_COSINE = 0.9999
-_INT8_MIN_COSINE = 0.9
-_FP32_LOGIT_TOL = 1e-3
-_INT8_LOGIT_TOL = 0.25
-_VERIFY_ITEMS = (
-    "hello",
-    "The quick brown fox jumps over the lazy dog.",
-    "Embedding servers should be warm before they say they are ready.",
-    "naïve café — déjà vu, Zürich; Привет; 東京は大きな都市です。🚀",
-    " ".join(f"word{i} lorem ipsum dolor sit amet" for i in range(80)),
-)
-
 StepFn = Callable[[str], AbstractContextManager[None]]
 """`with step("export"):` wraps one slow stage, for a progress display or a log line."""
 
@@ -138,7 +96,7 @@ def source_identity(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _ort_version() -> str:
+def ort_version() -> str:
     import onnxruntime
 
     return str(onnxruntime.__version__)
@@ -149,7 +107,7 @@ def artifact_key(spec: ModelSpec, options: Options) -> str:
     parts = {
         "format": FORMAT_VERSION,
         "ember": __version__,
-        "onnxruntime": _ort_version(),
+        "onnxruntime": ort_version(),
         "source": source_identity(spec.path),
         "task": spec.task.value,
         "pooling": spec.pooling if spec.task is Task.EMBED else None,
@@ -469,7 +427,9 @@ def prepare(
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
-            manifest = _build(_uncapped(spec), options, out=tmp, step=step)
+            from ember.backends.export import build
+
+            manifest = build(_uncapped(spec), options, out=tmp, step=step)
             _replace_dir(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -495,401 +455,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# --- the prepare pipeline (torch, transformers and onnx are imported only below) ---------------
-
-
-def _build(spec: ModelSpec, options: Options, *, out: Path, step: StepFn) -> Manifest:
-    work = out / "work"
-    work.mkdir()
-    with step("load the model"):
-        module, input_names = _load_wrapper(spec)
-        feeds = _sample_feeds(spec, input_names)
-    with step("export to ONNX"):
-        exported = work / "exported.onnx"
-        _export(
-            module,
-            feeds=feeds,
-            names=input_names,
-            output=_output_name(spec),
-            path=exported,
-            opset=options.opset,
-        )
-    graph, fused = exported, False
-    if options.optimize > 0:
-        with step("fuse transformer ops"):
-            fused_path = work / "fused.onnx"
-            fused = _fuse(spec, exported, fused_path)
-            graph = fused_path if fused else exported
-    if options.quantize == "int8":
-        with step("quantise to int8"):
-            quantized = work / "int8.onnx"
-            _quantize(graph, quantized)
-            graph = quantized
-    model_file = out / MODEL_FILE
-    with step(f"optimise (ORT level {options.optimize})"):
-        _save_optimized(graph, work / "optimized.onnx", options.optimize)
-        _externalize(work / "optimized.onnx", model_file)
-    with step("verify against torch"):
-        verify, inputs = _verify(
-            module, feeds, model_file, options=options, embed=spec.task is Task.EMBED
-        )
-    shutil.rmtree(work)
-    with step("write manifest"):
-        _copy_tokenizer(spec.path, out)
-        manifest = Manifest(
-            key=artifact_key(spec, options),
-            name=spec.name,
-            source_path=str(spec.path),
-            source_digest=folder_digest(spec.path),
-            task=spec.task,
-            pooling=spec.pooling,
-            normalize=spec.normalize,
-            max_length=spec.max_length,
-            dimension=spec.dimension,
-            labels=spec.labels,
-            hidden_size=spec.hidden_size,
-            prompts=dict(spec.prompts),
-            architecture=spec.architecture,
-            model_type=spec.model_type,
-            options=options,
-            model_sha256=file_sha256(model_file),
-            model_size=model_file.stat().st_size,
-            data_sha256=file_sha256(out / DATA_FILE),
-            data_size=(out / DATA_FILE).stat().st_size,
-            inputs=inputs,
-            output=_output_name(spec),
-            fused=fused,
-            versions=_versions(),
-            verify=verify,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        _write_manifest(out, manifest)
-    return manifest
-
-
-def _output_name(spec: ModelSpec) -> str:
-    return "embeddings" if spec.task is Task.EMBED else "logits"
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporter's and optimiser's deprecation and tracer chatter (none is actionable
-    by a user); log it at debug instead."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for item in caught:
-        log.debug("prepare: %s: %s", item.category.__name__, item.message)
-
-
-def _load_wrapper(spec: ModelSpec) -> tuple[torch.nn.Module, list[str]]:
-    """The transformers model wrapped so that its output is what `Backend.run` returns:
-    pooled (unnormalised) embeddings, or logits. Returns it and its input names."""
-    import inspect
-
-    import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    from ember.backends.torch_backend import pool
-
-    cls = AutoModel if spec.task is Task.EMBED else AutoModelForSequenceClassification
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        # Eager attention: its mask path traces to plain ops that ORT's fusions recognise.
-        model = cls.from_pretrained(
-            str(spec.path), dtype=torch.float32, attn_implementation="eager", local_files_only=True
-        )
-    except Exception as exc:
-        raise ModelError(f"cannot load weights from {spec.path}: {exc}") from exc
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-    model.eval()
-    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
-    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if takes_types else [])
-    embed, method = spec.task is Task.EMBED, spec.pooling
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-            kwargs = dict(zip(names, inputs, strict=True))
-            out = self.model(**kwargs)
-            if embed:
-                return pool(out.last_hidden_state, kwargs["attention_mask"], method)
-            logits: torch.Tensor = out.logits
-            return logits.float()
-
-    return Wrapper().eval(), names
-
-
-def _sample_feeds(spec: ModelSpec, names: list[str]) -> dict[str, np.ndarray[Any, Any]]:
-    """A right-padded batch of real texts (pairs for rerank) for export and verification."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(spec.tokenizer_file))
-    tok.no_padding()
-    tok.enable_truncation(min(spec.max_length, 128))
-    items: list[Any] = list(_VERIFY_ITEMS)
-    if spec.task is Task.RERANK:
-        items = [(_VERIFY_ITEMS[0], text) for text in _VERIFY_ITEMS]
-    encs = tok.encode_batch(items)
-    seq = max(len(e.ids) for e in encs)
-    feeds = {name: np.zeros((len(encs), seq), dtype=np.int64) for name in names}
-    pad = next((i for t in ("[PAD]", "<pad>") if (i := tok.token_to_id(t)) is not None), 0)
-    feeds["input_ids"][:] = pad
-    for row, enc in enumerate(encs):
-        n = len(enc.ids)
-        feeds["input_ids"][row, :n] = enc.ids
-        feeds["attention_mask"][row, :n] = 1
-        if "token_type_ids" in feeds:
-            feeds["token_type_ids"][row, :n] = enc.type_ids
-    return feeds
-
-
-def _export(
-    module: torch.nn.Module,
-    *,
-    feeds: dict[str, np.ndarray[Any, Any]],
-    names: list[str],
-    output: str,
-    path: Path,
-    opset: int,
-) -> None:
-    import torch
-
-    # Trace on two rows, one padded, so the mask is never constant-folded away.
-    args = tuple(torch.from_numpy(feeds[name][:2].copy()) for name in names)
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
-    dynamic[output] = {0: "batch"}
-    try:
-        with _quiet(), torch.inference_mode():
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=names,
-                output_names=[output],
-                dynamic_axes=dynamic,
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    except Exception as exc:
-        raise ModelError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _fuse(spec: ModelSpec, source: Path, dest: Path) -> bool:
-    """ORT's transformer fusions (Attention, EmbedLayerNorm, BiasGelu) for BERT-like encoders;
-    False (keep the plain graph) for other architectures or on failure.
-
-    Not SkipLayerNorm: ORT 1.32's CPU SkipLayerNormalization kernel takes 1.45 ms on 32x48x384
-    where Add + Add + LayerNormalization take 0.5 ms, which made it 28 % of the int8 graph's
-    time (onnx_notes.md). ORT's own SkipLayerNormFusion is disabled too (`create_session`).
-    """
-    if spec.model_type not in _BERT_LIKE:
-        log.info("prepare: no transformer fusions for model type %r", spec.model_type)
-        return False
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    config = json.loads((spec.path / "config.json").read_text(encoding="utf-8"))
-    heads = int(config.get("num_attention_heads", config.get("n_heads", 0)) or 0)
-    hidden = int(config.get("hidden_size", config.get("dim", 0)) or 0)
-    fusions = FusionOptions("bert")
-    fusions.enable_skip_layer_norm = False
-    fusions.enable_bias_skip_layer_norm = False
-    try:
-        with _quiet(), _ort_logs_quiet():
-            model = optimize_model(
-                str(source),
-                model_type="bert",
-                num_heads=heads,
-                hidden_size=hidden,
-                opt_level=0,
-                optimization_options=fusions,
-            )
-            model.save_model_to_file(str(dest))
-    except Exception as exc:
-        log.warning("prepare: transformer fusions failed (%s); keeping the plain graph", exc)
-        return False
-    return True
-
-
-class _DropRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
-@contextmanager
-def _ort_logs_quiet() -> Iterator[None]:
-    """Keep ORT's Python tools' log lines out of the CLI display while they run.
-
-    They log to "onnxruntime.*" loggers and, for the quantiser's pre-processing hint, to the
-    root logger directly, which also calls `basicConfig` when root has no handler; a NullHandler
-    prevents that and a filter on root (it sees only records logged on root itself, not those
-    propagated from ember's loggers) drops the hint.
-    """
-    logger = logging.getLogger("onnxruntime")
-    root = logging.getLogger()
-    level, drop, null = logger.level, _DropRecords(), logging.NullHandler()
-    logger.setLevel(logging.ERROR)
-    root.addFilter(drop)
-    root.addHandler(null)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        root.removeFilter(drop)
-        root.removeHandler(null)
-
-
-def _quantize(source: Path, dest: Path) -> None:
-    """Dynamic int8: s8 weights per output channel, u8 activations quantised at run time.
-
-    Per channel because per-tensor weights lose too much on MiniLM (median cosine to fp32 0.93
-    vs 0.99 over the parity corpus, onnx_notes.md). MatMul and fused Attention only: the
-    embedding Gather is a lookup, quantising it saves memory, not time.
-    """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet(), _ort_logs_quiet():
-        try:
-            quantize_dynamic(
-                str(source),
-                str(dest),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                op_types_to_quantize=["MatMul", "Attention"],
-                # ORT's shape inference cannot type the outputs of fused contrib ops; they are
-                # all float here. (Its "pre-processing" fixes that too, at 5 s more.)
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        except Exception as exc:
-            raise ModelError(f"int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _save_optimized(source: Path, dest: Path, level: int) -> None:
-    """Apply ORT's graph optimisations once and save the result, so serving starts need not."""
-    if level == 0:
-        shutil.copyfile(source, dest)
-        return
-    from ember.backends.onnx_backend import create_session
-
-    create_session(source, threads=1, level=level, save_to=dest)
-
-
-def _externalize(source: Path, dest: Path) -> None:
-    """Save the self-contained graph `source` as `dest` plus `DATA_FILE` beside it, each
-    initializer of `DATA_MIN_BYTES` or more at a `DATA_ALIGNMENT` boundary of the data file."""
-    import onnx
-    from onnx.external_data_helper import set_external_data
-
-    model = onnx.load(str(source))
-    offset = 0
-    with (dest.parent / DATA_FILE).open("wb") as data:
-        for tensor in model.graph.initializer:
-            raw = tensor.raw_data
-            if len(raw) < DATA_MIN_BYTES:
-                continue
-            offset += data.write(bytes(-offset % DATA_ALIGNMENT))
-            set_external_data(tensor, location=DATA_FILE, offset=offset, length=len(raw))
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            offset += data.write(raw)
-    onnx.save_model(model, str(dest))
-
-
-def _verify(
-    module: torch.nn.Module,
-    feeds: dict[str, np.ndarray[Any, Any]],
-    model: Path,
-    *,
-    options: Options,
-    embed: bool,
-) -> tuple[dict[str, float], tuple[str, ...]]:
-    """Run the saved graph and the torch module on the sample batch; raise if they differ.
-
-    Returns the agreement figures and the graph's input names (the exporter drops inputs the
-    model ignores, so these, not the wrapper's, are what serving must feed)."""
-    import torch
-
-    from ember.backends.onnx_backend import create_session, serving_level
-
-    with torch.inference_mode():
-        expected = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-    session = create_session(model, threads=1, level=serving_level(options.optimize))
-    inputs = tuple(str(i.name) for i in session.get_inputs())
-    got: FloatArray = session.run(None, {name: feeds[name] for name in inputs})[0]
-    int8 = options.quantize == "int8"
-    if not np.isfinite(got).all():
-        raise ModelError(f"verification failed: {model} produced non-finite values")
-    max_diff = float(np.abs(got - expected).max())
-    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
-    cosine = float(((got * expected).sum(axis=1) / np.maximum(norms, 1e-12)).min())
-    result = {"min_cosine": cosine, "max_abs_diff": max_diff}
-    if embed:
-        floor = _INT8_MIN_COSINE if int8 else _FP32_MIN_COSINE
-        if cosine < floor:
-            raise ModelError(
-                f"verification failed: {model} agrees with the torch model only to cosine "
-                f"{cosine:.5f} (< {floor})"
-            )
-    else:  # logits: compared on their own scale
-        tol = (_INT8_LOGIT_TOL if int8 else _FP32_LOGIT_TOL) * max(
-            1.0, float(np.abs(expected).max())
-        )
-        if max_diff > tol:
-            raise ModelError(
-                f"verification failed: {model} differs from the torch model by {max_diff:.4g} "
-                f"(> {tol:.4g})"
-            )
-    return result, inputs
-
-
-def _copy_tokenizer(source: Path, out: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, out / name)
-    if not (out / "tokenizer.json").is_file():
-        raise ModelError(f"{source} has no tokenizer.json (a fast tokenizer file is required)")
-
-
-def _versions() -> dict[str, str]:
-    import onnx
-    import torch
-    import transformers
-
-    return {
-        "ember": __version__,
-        "onnxruntime": _ort_version(),
-        "onnx": str(onnx.__version__),
-        "torch": str(torch.__version__),
-        "transformers": str(transformers.__version__),
-    }
-
-
-def _write_manifest(out: Path, manifest: Manifest) -> None:
-    """Write the manifest last, and flush every file, so a present manifest means complete."""
-    for file in out.iterdir():
-        with file.open("rb") as fh:
-            os.fsync(fh.fileno())
-    file = out / MANIFEST_NAME
-    with file.open("w", encoding="utf-8") as fh:
-        json.dump(manifest.to_dict(), fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-# --- `ember prepare` -------------------------------------------------------------------------
 
 
 @contextmanager

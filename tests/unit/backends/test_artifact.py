@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ember.backends import artifact
+from ember.backends import artifact, export
 from ember.backends.artifact import (
     DATA_FILE,
     MANIFEST_NAME,
@@ -88,7 +88,7 @@ def test_cache_hit_miss_and_reprepare(
         raise AssertionError("a cache hit must not prepare again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(artifact, "_build", no_build)
+        patch.setattr(export, "build", no_build)
         again, _ = ensure_artifact(spec, settings)
     assert again == first
 
@@ -136,7 +136,7 @@ def test_a_failed_prepare_leaves_nothing_and_the_next_one_cleans_up(
         raise ModelError("export failed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(artifact, "_export", half_export)
+        patch.setattr(export, "_export", half_export)
         with pytest.raises(ModelError, match="export failed"):
             ensure_artifact(spec, settings)
     assert not dest.exists()
