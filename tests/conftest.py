@@ -1,10 +1,12 @@
-"""Shared fixtures: the anyio backend, an in-process app with a fake or real backend."""
+"""Shared fixtures: the anyio backend, an in-process app with a fake or real backend, and the
+tiny task models (random weights, real config and tokenizer), built once a session."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ from fastapi import FastAPI
 from ember.engine.registry import BackendFactory
 from ember.http.app import app_state, create_app
 from ember.settings import Settings
+from tests import tiny_models
 from tests.fakes import FakeFactory
 
 FAST = {
@@ -62,3 +65,23 @@ def fake_factory() -> FakeFactory:
 
 
 AppMaker = Callable[..., Any]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tiny_dir: Path) -> Path:
+    return tiny_models.build_reranker(tiny_dir / "reranker")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_dir: Path) -> Path:
+    return tiny_models.build_classifier(tiny_dir / "classifier")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tiny_dir: Path) -> Path:
+    return tiny_models.build_embedder(tiny_dir / "embedder")

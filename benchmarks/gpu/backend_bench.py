@@ -26,7 +26,6 @@ import numpy as np
 
 from ember.backends.base import Batch
 from ember.engine.buckets import Buckets
-from ember.engine.tokenizer import TextTokenizer
 from ember.models import ModelSpec, inspect_model
 
 IMPORTS = {
@@ -79,20 +78,6 @@ def synthetic_batch(rows: int, seq: int, rng: np.random.Generator) -> Batch:
     return Batch(
         input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids), real_rows=rows
     )
-
-
-def padded(spec: ModelSpec, texts: list[str], rows: int, seq: int) -> Batch:
-    tok = TextTokenizer(path=spec.tokenizer_file, max_length=spec.max_length)
-    enc = tok.encode(texts)
-    ids = np.full((rows, seq), tok.pad_id, dtype=np.int64)
-    mask = np.zeros((rows, seq), dtype=np.int64)
-    types = np.zeros((rows, seq), dtype=np.int64)
-    for r, e in enumerate(enc):
-        ids[r, : e.length] = e.ids
-        mask[r, : e.length] = 1
-        types[r, : e.length] = e.type_ids
-    mask[len(enc) :, 0] = 1
-    return Batch(input_ids=ids, attention_mask=mask, token_type_ids=types, real_rows=len(enc))
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -235,6 +220,7 @@ def section_parity(spec: ModelSpec, results: dict[str, Any]) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.corpus import PARITY_TEXTS
+    from tests.unit.backends.common import batch_of
 
     from ember.backends.torch_backend import TorchBackend
 
@@ -266,7 +252,7 @@ def section_parity(spec: ModelSpec, results: dict[str, Any]) -> None:
         found = {}
         # The same texts through several bucket shapes, each run twice (first run captures).
         for rows, seq in ((32, 256), (n, 256), (64, 256)):
-            batch = padded(spec, PARITY_TEXTS, rows, seq)
+            batch = batch_of(spec, list(PARITY_TEXTS), rows=rows, seq=seq)
             first = backend.run(batch)[:n]
             again = backend.run(batch)[:n]
             found[f"{rows}x{seq}"] = {

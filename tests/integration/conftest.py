@@ -34,28 +34,8 @@ def by_label(predictions: list[dict[str, Any]]) -> Floats:
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-models")
-
-
-@pytest.fixture(scope="session")
-def tiny_reranker(tiny_dir: Path) -> Path:
-    return tiny_models.build_reranker(tiny_dir / "reranker")
-
-
-@pytest.fixture(scope="session")
 def tiny_cross_encoder(tiny_dir: Path, tiny_reranker: Path) -> Path:
     return tiny_models.build_cross_encoder(tiny_dir / "cross-encoder", source=tiny_reranker)
-
-
-@pytest.fixture(scope="session")
-def tiny_classifier(tiny_dir: Path) -> Path:
-    return tiny_models.build_classifier(tiny_dir / "classifier")
-
-
-@pytest.fixture(scope="session")
-def tiny_embedder(tiny_dir: Path) -> Path:
-    return tiny_models.build_embedder(tiny_dir / "embedder")
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,9 @@ class Cublas:
         self._scalars: dict[float, ctypes.c_float] = {}
 
     def _scalar(self, value: float) -> int:
-        scalar = self._scalars.setdefault(value, ctypes.c_float(value))
+        scalar = self._scalars.get(value)
+        if scalar is None:
+            scalar = self._scalars[value] = ctypes.c_float(value)
         return ctypes.addressof(scalar)
 
     @staticmethod

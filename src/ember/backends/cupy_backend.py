@@ -511,12 +511,10 @@ class CupyBackend:
         ]
 
     def close(self) -> None:
-        if self._ws is None and not self._arrays:
-            return
-        self.stream.synchronize()
+        if not self._arrays:
+            return  # closed already
+        self._release()
         self._blas.close()
-        self._shapes.clear()
-        self._ws = None
         self._arrays.clear()
         self._weights.clear()
         self._cp.get_default_memory_pool().free_all_blocks()

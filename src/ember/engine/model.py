@@ -6,8 +6,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +32,6 @@ log = logging.getLogger("ember.engine")
 # more than encoding a few sentences.
 _INLINE_TOKENIZE_CHARS = 4096
 _WARMUP_SEED = "the quick brown fox jumps over the lazy dog"
-
-
-def _constant(encoded: list[Encoded]) -> Callable[[], Awaitable[list[Encoded]]]:
-    async def encode() -> list[Encoded]:
-        return encoded
-
-    return encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +162,8 @@ class ModelEngine:
             run = ShapeRun(rows=rows, seq=seq)
             for _ in range(rounds):
                 t0 = time.perf_counter()
-                result = await self._submit(rows, _constant(encodings[seq] * rows))
+                with self._admitted(rows):
+                    result = await self._run(encodings[seq] * rows)
                 run.seconds.append(time.perf_counter() - t0)
                 expected = (rows, self._width())
                 if result.rows.shape != expected or not np.isfinite(result.rows).all():
@@ -233,27 +228,31 @@ class ModelEngine:
             lambda: self.tokenizer.encode(items, truncate=truncate, direction=direction),  # type: ignore[union-attr]
         )
 
-    async def _infer(self, items: list[Item], *, truncate: bool, direction: Direction) -> Result:
-        """Admit (429 at once when the queue is full), tokenise, batch, run."""
-        return await self._submit(
-            len(items),
-            lambda: self._tokenize(items, truncate=truncate, direction=direction),
-        )
-
-    async def _submit(self, count: int, encode: Callable[[], Awaitable[list[Encoded]]]) -> Result:
-        """Reserve room for `count` inputs, then run what `encode` gives through the batcher."""
+    @contextmanager
+    def _admitted(self, count: int) -> Iterator[None]:
+        """Room for `count` inputs in the queue while the block runs (429 at once when full)."""
         assert self.batcher is not None
         self.batcher.admit(count)
         try:
-            t0 = time.perf_counter()
-            encoded = await encode()
-            t1 = time.perf_counter()
-            rows, timing = await self.batcher.submit(encoded)
+            yield
         finally:
             self.batcher.release(count)
-        total = time.perf_counter() - t0
+
+    async def _infer(self, items: list[Item], *, truncate: bool, direction: Direction) -> Result:
+        """Admit, tokenise, batch, run."""
+        with self._admitted(len(items)):
+            t0 = time.perf_counter()
+            encoded = await self._tokenize(items, truncate=truncate, direction=direction)
+            return await self._run(encoded, tokenize_seconds=time.perf_counter() - t0)
+
+    async def _run(self, encoded: list[Encoded], *, tokenize_seconds: float = 0.0) -> Result:
+        """Run admitted, tokenised inputs through the batcher and the backend."""
+        assert self.batcher is not None
+        t1 = time.perf_counter()
+        rows, timing = await self.batcher.submit(encoded)
+        total = tokenize_seconds + time.perf_counter() - t1
         timings = {
-            "tokenize": t1 - t0,
+            "tokenize": tokenize_seconds,
             "queue": timing.queue,
             "inference": timing.inference,
             "total": total,

@@ -32,11 +32,6 @@ def builtin_artifact(settings: Settings) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny")
-
-
-@pytest.fixture(scope="session")
 def tiny_plain(tiny_dir: Path) -> Path:
     """A plain transformers BertModel folder (no sentence-transformers files): pooling comes
     from the settings."""
@@ -48,16 +43,6 @@ def tiny_plain(tiny_dir: Path) -> Path:
     BertModel(tiny_models.tiny_config()).save_pretrained(path)
     tiny_models.copy_tokenizer(path)
     return path
-
-
-@pytest.fixture(scope="session")
-def tiny_reranker(tiny_dir: Path) -> Path:
-    return tiny_models.build_reranker(tiny_dir / "reranker")
-
-
-@pytest.fixture(scope="session")
-def tiny_classifier(tiny_dir: Path) -> Path:
-    return tiny_models.build_classifier(tiny_dir / "classifier")
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +67,9 @@ def reference(builtin: ModelSpec) -> np.ndarray:
         PARITY_TEXTS, normalize_embeddings=False, convert_to_numpy=True
     )
     return vectors
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_reranker: Path, tiny_classifier: Path, tiny_embedder: Path) -> dict[str, Path]:
+    """The tiny task models by kind, for tests parametrised over them."""
+    return {"reranker": tiny_reranker, "classifier": tiny_classifier, "embedder": tiny_embedder}

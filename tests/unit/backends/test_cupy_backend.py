@@ -19,7 +19,6 @@ import pytest
 from ember.backends import cupy_backend, loader
 from ember.models import ModelSpec, Task, inspect_model
 from ember.settings import Settings
-from tests import tiny_models
 from tests.corpus import PARITY_TEXTS
 from tests.unit.backends.common import (
     PAIRS,
@@ -43,15 +42,6 @@ def _cuda_with_cupy() -> bool:
 
 
 gpu = pytest.mark.skipif(not _cuda_with_cupy(), reason="needs CUDA and CuPy")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cupy-backend")
-    return {
-        "reranker": tiny_models.build_reranker(root / "reranker"),
-        "classifier": tiny_models.build_classifier(root / "classifier"),
-    }
 
 
 # --- everywhere: which backend `auto` picks on CUDA ---------------------------------------------

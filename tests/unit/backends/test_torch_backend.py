@@ -25,16 +25,6 @@ torch = pytest.importorskip("torch")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("torch-backend")
-    return {
-        "reranker": tiny_models.build_reranker(root / "reranker"),
-        "classifier": tiny_models.build_classifier(root / "classifier"),
-        "embedder": tiny_models.build_embedder(root / "embedder"),
-    }
-
-
 # --- CPU: parity ------------------------------------------------------------------------------
 
 
