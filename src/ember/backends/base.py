@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from ember.errors import BackendFailure
+from ember.models import ModelSpec, Task
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -28,10 +31,70 @@ class Batch:
         return int(rows), int(seq)
 
 
+class DeviceOutOfMemory(BackendFailure):
+    """The device had no memory for a batch shape. The backend released what it cached; the
+    engine lowers its token budget and warms again (never raised on a live request once warm)."""
+
+
+def is_oom(exc: BaseException, *types: type[BaseException]) -> bool:
+    """Whether `exc`, or an exception it was raised from or during, is an out-of-memory: one of
+    `types` (the framework's own OOM class) or a message saying so (CUDA, cuBLAS, NVRTC)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        text = str(seen).lower().replace("_", " ")
+        if isinstance(seen, types) or "out of memory" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+GPU_SEQ = (16, 32, 64, 128, 256, 512)
+"""Default padded lengths on CUDA: every shape is a separate kernel plan or graph."""
+TORCH_CPU_SEQ = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+"""torch on CPU plans per shape too, but pays for padding like onnx: steps of about 1.5x."""
+
+
+def output_width(spec: ModelSpec) -> int:
+    """Columns a backend returns for `spec`: the pooled width (embed) or one per label."""
+    if spec.task is Task.EMBED:
+        return int(spec.hidden_size or spec.dimension or 0)
+    return max(len(spec.labels), 1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capabilities:
+    """What a backend tells the engine about how to batch and warm it (TEI's `Backend` trait
+    carries `max_batch_size` / `is_padded` the same way). The engine reads this, never a name."""
+
+    device: Literal["cpu", "cuda"]
+    lengths: Literal["exact", "coarse"]
+    """`exact`: a batch is padded to its longest input and every length is its own shape (ONNX
+    Runtime on CPU: a new shape is not cold). `coarse`: lengths are padded to a few buckets,
+    each planned or captured once (oneDNN, CUDA graphs)."""
+    seq_buckets: tuple[int, ...] = ()
+    """Default padded lengths with `coarse` lengths (capped at the model's max length)."""
+    pads_rows: bool = False
+    """Rows are padded to power-of-two row buckets (`False`: every row count is a shape)."""
+    warm: Literal["all", "cover"] = "all"
+    """Which shapes warm-up must run: every one, or a covering subset (largest, longest,
+    shortest) after which no shape is cold (`benchmarks/cold_shapes.py`)."""
+    output_width: int
+    """Columns of `run`'s output: hidden size (embed) or labels (rerank, classify)."""
+    max_batch_tokens: int = 1024
+    """Default padded tokens per batch (rows x length) when the settings do not say."""
+    max_batch_rows: int = 32
+    """Default most rows in a batch when the settings do not say."""
+    oom: type[DeviceOutOfMemory] | None = None
+    """The error `run` raises when a shape does not fit the device; `None`: it never does."""
+
+
 class Backend(Protocol):
     """Runs one model. `run` is called from one worker thread at a time."""
 
     name: str
+    capabilities: Capabilities
 
     def run(self, batch: Batch) -> FloatArray:
         """Pooled, unnormalised embeddings (embed) or logits (rerank, classify): (rows, dim)."""

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ember.backends.base import Batch, FloatArray
+from ember.backends.base import Batch, DeviceOutOfMemory, FloatArray
+from ember.backends.base import is_oom as _is_oom
 from ember.errors import BackendFailure
 
 if TYPE_CHECKING:
@@ -36,11 +37,6 @@ log = logging.getLogger("ember.backends.torch")
 Forward = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 """(input_ids, attention_mask, token_type_ids), int64 (rows, seq) on the device → float32
 (rows, width) on the device."""
-
-
-class DeviceOutOfMemory(BackendFailure):
-    """The device had no memory for a batch shape. Graphs and cached blocks were released; the
-    engine lowers its token budget and warms again (never raised on a live request once warm)."""
 
 
 @dataclass(slots=True)
@@ -63,14 +59,7 @@ def is_oom(exc: BaseException) -> bool:
     """Whether `exc`, or an exception it was raised from or during, is a CUDA out-of-memory."""
     import torch
 
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, torch.OutOfMemoryError) or "out of memory" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return _is_oom(exc, torch.OutOfMemoryError)
 
 
 class GraphRunner:

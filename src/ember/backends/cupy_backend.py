@@ -29,10 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from ember.backends.base import Batch, FloatArray, use_short_gil_switch
+from ember.backends.base import (
+    GPU_SEQ,
+    Batch,
+    Capabilities,
+    DeviceOutOfMemory,
+    FloatArray,
+    is_oom,
+    use_short_gil_switch,
+)
 from ember.backends.bert import named_weights, supported
 from ember.backends.cublas import R_32F, WORKSPACE_BYTES, Cublas
-from ember.backends.cuda_graphs import DeviceOutOfMemory
 from ember.errors import ModelError
 from ember.models import ModelSpec, Task
 from ember.settings import Settings
@@ -211,6 +218,17 @@ class CupyBackend:
         self._host_in = np.empty(0, dtype=np.int32)
         self._host_out = np.empty(0, dtype=np.float32)
         self.capture_failures = 0
+        self.capabilities = Capabilities(
+            device="cuda",
+            lengths="coarse",
+            seq_buckets=GPU_SEQ,
+            pads_rows=True,
+            warm="all",
+            output_width=self.dims.width,
+            max_batch_tokens=32768,
+            max_batch_rows=256,
+            oom=DeviceOutOfMemory,
+        )
         self.stream.synchronize()
         self.load_seconds = time.perf_counter() - started
 
@@ -248,10 +266,7 @@ class CupyBackend:
         raise DeviceOutOfMemory(f"the GPU ran out of memory for a batch of {rows}x{seq} tokens")
 
     def _is_oom(self, exc: BaseException) -> bool:
-        cp = self._cp
-        return isinstance(exc, cp.cuda.memory.OutOfMemoryError) or "out of memory" in str(
-            exc
-        ).lower().replace("_", " ")
+        return is_oom(exc, self._cp.cuda.memory.OutOfMemoryError)
 
     def _run(self, batch: Batch) -> FloatArray:
         rows, seq = batch.shape

@@ -20,9 +20,9 @@ from ember.backends.artifact import (
     ensure_artifact,
     verify_model_hash,
 )
-from ember.backends.base import Batch, FloatArray
+from ember.backends.base import Batch, Capabilities, FloatArray
 from ember.errors import ModelError
-from ember.models import ModelSpec
+from ember.models import ModelSpec, Task
 from ember.settings import Settings
 
 log = logging.getLogger("ember.backends.onnx")
@@ -107,6 +107,10 @@ class OnnxBackend:
         self.manifest = manifest
         self.threads = threads
         self.level = serving_level(manifest.options.optimize)
+        width = manifest.hidden_size if manifest.task is Task.EMBED else len(manifest.labels)
+        self.capabilities = Capabilities(
+            device="cpu", lengths="exact", warm="cover", output_width=max(width, 1)
+        )
         model = artifact / MODEL_FILE
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-hash") as pool:
             hashed = pool.submit(verify_model_hash, artifact, manifest)

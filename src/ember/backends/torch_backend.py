@@ -16,8 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ember.backends.base import Batch, FloatArray, use_short_gil_switch
-from ember.backends.cuda_graphs import DeviceOutOfMemory, GraphRunner
+from ember.backends.base import (
+    GPU_SEQ,
+    TORCH_CPU_SEQ,
+    Batch,
+    Capabilities,
+    DeviceOutOfMemory,
+    FloatArray,
+    output_width,
+    use_short_gil_switch,
+)
+from ember.backends.cuda_graphs import GraphRunner
 from ember.errors import ModelError
 from ember.models import ModelSpec, Task
 
@@ -127,12 +136,23 @@ class TorchBackend:
                 forward=forward, device=self.device, width=self._width(), graphs=cuda_graphs
             )
         self._forward = forward
+        cuda = self.device.startswith("cuda")
+        # torch plans per shape (oneDNN, CUDA graphs): coarse buckets, every shape warmed.
+        self.capabilities = Capabilities(
+            device="cuda" if cuda else "cpu",
+            lengths="coarse",
+            seq_buckets=GPU_SEQ if cuda else TORCH_CPU_SEQ,
+            pads_rows=True,
+            warm="all",
+            output_width=self._width(),
+            max_batch_tokens=32768 if cuda else 1024,
+            max_batch_rows=256 if cuda else 32,
+            oom=DeviceOutOfMemory if cuda else None,
+        )
         self.load_seconds = time.perf_counter() - started
 
     def _width(self) -> int:
-        if self.spec.task is Task.EMBED:
-            return int(self.spec.hidden_size or self.spec.dimension or 0)
-        return max(len(self.spec.labels), 1)
+        return output_width(self.spec)
 
     def _load_native(self) -> Forward | None:
         from ember.backends.bert import load_bert

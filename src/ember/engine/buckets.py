@@ -10,15 +10,13 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ember.backends.base import GPU_SEQ
+
 # On CPU (ONNX Runtime) a new shape is not cold once the arena has grown
 # (benchmarks/cold_shapes.py), and padding costs as much compute as real tokens: every length
 # is its own bucket, so a batch is padded to its longest input and no further (from 2: the
 # shortest input a tokenizer with [CLS] and [SEP] gives, which warm-up must be able to make).
 CPU_SEQ = tuple(range(2, 513))
-# On CUDA every shape is a separate kernel plan or graph: few, coarse buckets.
-GPU_SEQ = (16, 32, 64, 128, 256, 512)
-# torch on CPU warms every shape too, but pays for padding like onnx: steps of about 1.5x.
-TORCH_CPU_SEQ = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 @dataclass(frozen=True, kw_only=True)

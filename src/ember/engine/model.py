@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 
 from ember import metrics
-from ember.backends.base import Backend, FloatArray
-from ember.backends.cuda_graphs import DeviceOutOfMemory
+from ember.backends.base import TORCH_CPU_SEQ, Backend, DeviceOutOfMemory, FloatArray
 from ember.engine.batcher import Batcher
-from ember.engine.buckets import TORCH_CPU_SEQ, Buckets
+from ember.engine.buckets import Buckets
 from ember.engine.tokenizer import Direction, Encoded, Item, TextTokenizer
 from ember.engine.warmup import ShapeRun, WarmupReport, plan_shapes
 from ember.errors import BackendFailure, InvalidInput, NotReady, WrongTask

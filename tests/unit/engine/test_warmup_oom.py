@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ember.backends.base import Batch, FloatArray
-from ember.backends.cuda_graphs import DeviceOutOfMemory
+from ember.backends.base import Batch, DeviceOutOfMemory, FloatArray
 from ember.engine.registry import Engines
 from ember.models import ModelSpec
 from ember.settings import Settings
