@@ -187,7 +187,8 @@ async def test_a_failing_batch_fails_its_requests_only() -> None:
 
 
 async def test_tokenize_and_info_and_models() -> None:
-    async with running_app(FakeFactory()) as (_app, client):
+    # Pinned buckets: /info must report the configured ones.
+    async with running_app(FakeFactory(), seq_buckets=[16, 64]) as (_app, client):
         tokens = (await client.post("/tokenize", json={"inputs": "Hello world"})).json()
         assert [t["text"] for t in tokens[0]] == ["[CLS]", "Hello", "world", "[SEP]"]
         assert tokens[0][0]["special"] is True and tokens[0][1]["start"] == 0

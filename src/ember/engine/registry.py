@@ -13,6 +13,7 @@ from typing import Any
 
 from ember import metrics
 from ember.backends.base import Backend
+from ember.engine.loaded import BackendFactory
 from ember.engine.model import ModelEngine
 from ember.errors import EmberError, InvalidInput, NotReady, UnknownModel, WrongTask
 from ember.lifecycle import Lifecycle, Stage
@@ -21,7 +22,8 @@ from ember.settings import Settings
 
 log = logging.getLogger("ember.engine")
 
-BackendFactory = Callable[[ModelSpec, Settings], Backend]
+__all__ = ["BackendFactory", "Engines", "resolve_specs"]
+
 WarmHook = Callable[["Engines"], Awaitable[float]]
 
 
@@ -75,13 +77,11 @@ class Engines:
         settings: Settings,
         *,
         backend_factory: BackendFactory | None = None,
-        gpu: bool | None = None,
     ) -> None:
         self.settings = settings
         self.lifecycle = Lifecycle(name="server")
         self.models: list[ModelEngine] = []
         self._factory = backend_factory or _default_factory
-        self._gpu = gpu
         self.http_warm_hook: WarmHook | None = None
         self.ready_seconds: float | None = None
         self._preload: concurrent.futures.Future[None] | None = None
@@ -112,12 +112,7 @@ class Engines:
         assert self._preload is not None
         try:
             specs = resolve_specs(self.settings)
-            gpu = self._gpu
-            if gpu is None:
-                from ember.backends.loader import resolve_device
-
-                gpu = resolve_device(self.settings) == "cuda"
-            self.models = [ModelEngine(spec=s, settings=self.settings, gpu=gpu) for s in specs]
+            self.models = [ModelEngine(spec=s, settings=self.settings) for s in specs]
             metrics.prime((m.spec.name, m.task.value) for m in self.models)
             for model in self.models:
                 self._loading = model
