@@ -65,7 +65,8 @@ async def test_openai_float_and_base64_agree() -> None:
 
 
 async def test_unknown_model_name_is_404_in_openai_shape() -> None:
-    async with running_app(FakeFactory()) as (_app, client):
+    # Strict names: otherwise any name selects the one model (issue 14).
+    async with running_app(FakeFactory(), strict_model_names=True) as (_app, client):
         r = await client.post("/v1/embeddings", json={"input": "x", "model": "nope"})
         assert r.status_code == 404
         assert r.json()["error"]["type"] == "not_found_error"

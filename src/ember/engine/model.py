@@ -48,6 +48,8 @@ class ModelEngine:
         self.spec = spec
         self.settings = settings
         self.lifecycle = Lifecycle(name=spec.name)
+        self.names: tuple[str, ...] = (spec.name,)
+        """Names that select this model: its served name first, then any aliases."""
         self.warmup_report: WarmupReport | None = None
         self._loaded: LoadedModel | None = None
         self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
