@@ -72,14 +72,18 @@ class Settings(BaseSettings):
     )
     """Model to serve, repeatable: a local folder, an id in the offline Hugging Face cache, or
     `builtin`; `NAME=SOURCE` sets its served name. Default: the built-in all-MiniLM-L6-v2."""
-    served_model_name: str | None = None
-    """Name clients use for the (single) model; default: derived from the model source."""
+    served_model_name: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Names clients use for the (single) model, repeatable or comma-separated: the first is the
+    name responses carry, the others are aliases; default: derived from the model source."""
     pooling: Pooling | None = None
     """Pooling for plain transformers folders (sentence-transformers folders carry their own)."""
     device: Device = "auto"
     """Where to run: cuda when available under `auto`."""
     dtype: DType = "auto"
     """Compute dtype: float32 on CPU and float16 on CUDA under `auto`."""
+    strict_model_names: bool = False
+    """Answer 404 to a `model` name not served. Off: when one model serves a route's task, any
+    name selects it (TEI ignores the field; OpenAI clients send their own model names)."""
     backend: BackendName = "auto"
     """Inference backend. Under `auto`: `onnx` on CPU (prepared on first use); on CUDA `cupy`
     for plain BERT models in float16 when CuPy is installed (no torch import), else `torch`."""
@@ -107,9 +111,10 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(default=512, ge=1)
     """Most inputs queued or running at once; past it requests get 429 at once."""
     seq_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    """Padded sequence lengths a batch may have (capped at the max input length); default:
-    steps of 8 to 64, then 16, 32, 64 for onnx on CPU; ~1.5x steps for torch on CPU; 16, 32,
-    ..., 512 on CUDA."""
+    """Padded sequence lengths a batch may have (capped at the max input length); default, from
+    the backend: every length for onnx on CPU (a batch is padded to its longest input); ~1.5x
+    steps for torch on CPU; 16, 32, ..., 512 on CUDA. Lengths below the task's shortest input
+    (its special tokens) are dropped: no input can reach them."""
     row_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
     """Row counts a batch may have; default: every count for onnx on CPU (no padded rows),
     powers of two for torch."""
@@ -153,15 +158,18 @@ class Settings(BaseSettings):
     """Replica processes serving one port (SO_REUSEPORT), each with its own model copy; `/ready`
     says 200 only when all are warm. On a GPU, 2-4 lift the Python ceiling (docs/gpu.md)."""
 
-    _split = field_validator("model", "seq_buckets", "row_buckets", "cors_origins", mode="before")(
-        _split_list
-    )
+    _split = field_validator(
+        "model", "served_model_name", "seq_buckets", "row_buckets", "cors_origins", mode="before"
+    )(_split_list)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if any(b < 1 for b in self.seq_buckets + self.row_buckets):
             raise ValueError("buckets must be positive")
         self.seq_buckets = sorted(set(self.seq_buckets))
+        # `--served-model-name a,b` on the command line arrives as one appended value.
+        names = [n.strip() for value in self.served_model_name for n in value.split(",")]
+        self.served_model_name = list(dict.fromkeys(n for n in names if n))
         self.row_buckets = sorted(set(self.row_buckets))
         return self
 
