@@ -67,13 +67,6 @@ def create_app(
     errors.install(app)
     metrics.prime_routes(table.route_tasks().keys())
 
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
     app.add_middleware(
         EmberMiddleware,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
@@ -81,6 +74,15 @@ def create_app(
         payload_limit=settings.payload_limit,
         in_flight=state.in_flight,
     )
+    if settings.cors_origins:
+        # Added last, so outermost: a browser's preflight carries no API key and must be
+        # answered before the key check (issue 15 item 8).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.state.ember = state
     return app
 

@@ -17,13 +17,17 @@ from ember.models import Task
 router = APIRouter(tags=["OpenAI"], responses=OPENAI_ERRORS)
 
 _CREATED = int(time.time())
+MAX_INPUTS = 2048
+"""OpenAI's most inputs per embeddings request; --max-client-batch-size may lower it."""
 
 
 @on(router, table.V1_EMBEDDINGS, response_model=s.EmbeddingsResponse)
+@on(router, table.EMBEDDINGS, response_model=s.EmbeddingsResponse)
 async def embeddings(
     req: s.EmbeddingsRequest, engines: EnginesDep, settings: SettingsDep
 ) -> Response:
-    texts = shaping.as_list(req.input, limit=settings.max_client_batch_size)
+    limit = min(MAX_INPUTS, settings.max_client_batch_size)
+    texts = shaping.as_list(req.input, limit=limit)
     model = engines.select(Task.EMBED, req.model)
     result = await model.embed(texts, normalize=True, dimensions=req.dimensions)
     return JSON(

@@ -11,18 +11,32 @@ the OpenAPI schema from the same types.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import TypedDict
 
 _TEXT = Annotated[str, Field(description="A text")]
 
 
-class _Strict(BaseModel):
-    """Unknown fields are a 422, so a typo never silently changes behaviour."""
+log = logging.getLogger("ember.http")
 
-    model_config = ConfigDict(extra="forbid")
+
+class _Request(BaseModel):
+    """Unknown fields are ignored (logged at debug), as TEI and OpenAI do: clients send their
+    own extras (huggingface_hub `parameters`, litellm `input_type`). Known fields keep their
+    types: a wrong type is still a 422."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _log_unknown(self) -> _Request:
+        if self.model_extra:
+            log.debug(
+                "%s: ignoring unknown fields %s", type(self).__name__, sorted(self.model_extra)
+            )
+        return self
 
 
 def _lower_direction(value: object) -> object:
@@ -33,7 +47,7 @@ def _lower_direction(value: object) -> object:
 # --- TEI ---------------------------------------------------------------------------------
 
 
-class EmbedRequest(_Strict):
+class EmbedRequest(_Request):
     inputs: str | Annotated[list[str], Field(min_length=1)] = Field(
         description="A text or a list of texts"
     )
@@ -51,7 +65,7 @@ class EmbedRequest(_Strict):
     _direction = field_validator("truncation_direction", mode="before")(_lower_direction)
 
 
-class RerankRequest(_Strict):
+class RerankRequest(_Request):
     query: str
     texts: Annotated[list[str], Field(min_length=1)]
     raw_scores: bool = False
@@ -72,7 +86,7 @@ class RankItem(TypedDict):
 PredictInput = str | list[str] | list[list[str]]
 
 
-class PredictRequest(_Strict):
+class PredictRequest(_Request):
     inputs: PredictInput = Field(description="A text, a pair [a, b], or a list of texts or pairs")
     raw_scores: bool = False
     truncate: bool | None = None
@@ -87,7 +101,7 @@ class Prediction(TypedDict):
     score: float
 
 
-class TokenizeRequest(_Strict):
+class TokenizeRequest(_Request):
     inputs: str | Annotated[list[str], Field(min_length=1)]
     add_special_tokens: bool = True
     model: str | None = None
@@ -117,7 +131,7 @@ class ModelType(TypedDict, total=False):
 # --- OpenAI ------------------------------------------------------------------------------
 
 
-class EmbeddingsRequest(_Strict):
+class EmbeddingsRequest(_Request):
     input: str | Annotated[list[str], Field(min_length=1)] = Field(
         description="A text or a list of texts"
     )
@@ -172,7 +186,7 @@ class OpenAIError(TypedDict):
 # --- /v1/rerank (Cohere / Jina style) ------------------------------------------------------
 
 
-class V1RerankRequest(_Strict):
+class V1RerankRequest(_Request):
     query: str
     documents: Annotated[list[str], Field(min_length=1)]
     model: str | None = None
@@ -217,3 +231,12 @@ class Readiness(TypedDict):
     uptime_seconds: float
     ready_seconds: NotRequired[float | None]
     warmup: NotRequired[list[dict[str, Any]]]
+    load_seconds: NotRequired[float]
+    """When ready: seconds loading (here the sum over models; per model in `models`)."""
+    warmup_seconds: NotRequired[float]
+    """When ready: seconds warming up, engine and HTTP (sum over models; per model too)."""
+
+
+class PhaseSeconds(TypedDict):
+    load_seconds: float
+    warmup_seconds: float

@@ -123,6 +123,24 @@ def tokens(encodings: Sequence[Encoding], texts: Sequence[str]) -> list[list[s.S
     return out
 
 
+def phase_seconds(*, load: float, warmup: float) -> s.PhaseSeconds:
+    """`/ready`'s load and warm-up figures, in seconds rounded to the millisecond."""
+    return {"load_seconds": round(load, 3), "warmup_seconds": round(warmup, 3)}
+
+
+def check_unicode(texts: Sequence[str]) -> None:
+    """A lone surrogate (valid JSON `\\ud800`, not encodable text) is a 422, not a tokenizer
+    crash."""
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"input {index} is not valid Unicode (a lone surrogate at character "
+                f"{exc.start}); send UTF-8 text"
+            ) from None
+
+
 def model_type(task: Task, *, pooling: str | None, labels: Sequence[str]) -> s.ModelType:
     """TEI's `model_type`: embedding (pooling), reranker or classifier (labels)."""
     if task is Task.EMBED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
@@ -11,6 +12,7 @@ from starlette.responses import Response
 
 from ember import __version__
 from ember.engine.model import ModelEngine
+from ember.engine.tokenizer import Item
 from ember.errors import NotReady
 from ember.http import schemas as s
 from ember.http import shaping, table
@@ -23,6 +25,8 @@ from ember.models import Task
 router = APIRouter(tags=["TEI"], responses=TEI_ERRORS)
 
 _Body = TypeVar("_Body", bound=BaseModel)
+_INLINE_CHARS = 4096
+"""Up to this many characters, `/tokenize` runs inline: a thread hop costs more."""
 
 
 def parse(schema: type[_Body], body: dict[str, Any]) -> _Body:
@@ -151,5 +155,12 @@ async def tokenize(req: s.TokenizeRequest, engines: EnginesDep, settings: Settin
     if model.tokenizer is None or model.lifecycle.stage in (Stage.STARTING, Stage.LOADING):
         raise NotReady(f"model {model.spec.name!r} is {model.lifecycle.stage.value}")
     texts = shaping.as_list(req.inputs, limit=settings.max_client_batch_size)
-    encodings = model.tokenizer.tokenize(list(texts), add_special_tokens=req.add_special_tokens)
+    shaping.check_unicode(texts)
+    tokenizer, special = model.tokenizer, req.add_special_tokens
+    if sum(map(len, texts)) <= _INLINE_CHARS:
+        encodings = tokenizer.tokenize(list(texts), add_special_tokens=special)
+    else:  # off the event loop, so probes and other requests keep answering
+        encodings = await asyncio.to_thread(
+            tokenizer.tokenize, list[Item](texts), add_special_tokens=special
+        )
     return JSON(shaping.tokens(encodings, texts))
