@@ -113,7 +113,7 @@ async def test_bad_input_gets_its_status_and_changes_nothing(
 
 
 BAD_OPENAI: list[tuple[str, Any, int]] = [
-    ("wrong encoding", {"input": "x", "encoding_format": "int8"}, 422),
+    ("wrong encoding", {"input": "x", "encoding_format": "int4"}, 422),
     ("token arrays", {"input": [[1, 2, 3]]}, 422),
     ("empty", {"input": []}, 422),
     ("too many", {"input": ["x"] * 2049}, 413),

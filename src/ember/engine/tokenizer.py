@@ -119,3 +119,19 @@ class TextTokenizer:
             half = need // 2
             return (self.decode(ids[:half]), self.decode(ids[half:need]))
         return self.decode(ids[:need])
+
+
+# --- token ids from clients (http's `/decode` and token-id inputs) ---------------------------
+# Module functions rather than methods so the engine split can adopt them without a conflict.
+
+
+def vocab_size(tokenizer: TextTokenizer) -> int:
+    """How many ids the model's vocabulary has, added tokens included: valid ids are below."""
+    return int(tokenizer._plain.get_vocab_size(with_added_tokens=True))
+
+
+def decode_ids(
+    tokenizer: TextTokenizer, ids: list[int], *, skip_special_tokens: bool = True
+) -> str:
+    """The text of `ids` (checked against `vocab_size` by the caller)."""
+    return str(tokenizer._plain.decode(ids, skip_special_tokens=skip_special_tokens))

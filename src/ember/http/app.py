@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message
 
 from ember import __version__, metrics
 from ember.engine.registry import BackendFactory, Engines
-from ember.http import cohere, errors, openai, probes, table, tei
+from ember.http import cohere, errors, openai, probes, sagemaker, table, tei
 from ember.http.deps import AppState, app_state
 from ember.http.middleware import EmberMiddleware
 from ember.settings import Settings
@@ -62,7 +62,7 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
-    for router in (probes.router, tei.router, openai.router, cohere.router):
+    for router in (probes.router, tei.router, openai.router, cohere.router, sagemaker.router):
         app.include_router(router)
     errors.install(app)
     metrics.prime_routes(table.route_tasks().keys())

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import TypedDict
 
+from ember.http.quantize import EmbeddingType
+
 _TEXT = Annotated[str, Field(description="A text")]
 
 
@@ -115,6 +117,35 @@ class SimpleToken(TypedDict):
     stop: int | None
 
 
+class DecodeRequest(_Request):
+    ids: list[int] | Annotated[list[list[int]], Field(min_length=1)] = Field(
+        description="Token ids, or a list of token-id lists"
+    )
+    skip_special_tokens: bool = True
+    model: str | None = None
+
+
+class SimilarityInput(BaseModel):
+    source_sentence: str
+    sentences: Annotated[list[str], Field(min_length=1)]
+
+
+class SimilarityParameters(BaseModel):
+    prompt_name: str | None = None
+    truncate: bool | None = None
+    truncation_direction: Literal["right", "left"] = "right"
+
+    _direction = field_validator("truncation_direction", mode="before")(_lower_direction)
+
+
+class SimilarityRequest(_Request):
+    """huggingface_hub's `sentence_similarity` body: cosine of each sentence to the source."""
+
+    inputs: SimilarityInput
+    parameters: SimilarityParameters | None = None
+    model: str | None = None
+
+
 class ErrorBody(TypedDict):
     error: str
     error_type: str
@@ -136,7 +167,10 @@ class EmbeddingsRequest(_Request):
         description="A text or a list of texts"
     )
     model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: EmbeddingType = Field(
+        default="float",
+        description="float, base64 (float32 bytes), or quantised: int8, uint8, binary, ubinary",
+    )
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
 
@@ -144,7 +178,7 @@ class EmbeddingsRequest(_Request):
 class EmbeddingObject(TypedDict):
     object: Literal["embedding"]
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
 
 
 class Usage(TypedDict):
@@ -214,6 +248,54 @@ class V1RerankResponse(TypedDict):
     model: str
     results: list[V1RerankResult]
     usage: RerankUsage
+
+
+# --- Cohere v2 (https://docs.cohere.com/reference/rerank, /reference/embed) ---------------
+
+
+def _cohere_truncate(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+class CohereRerankRequest(_Request):
+    query: str
+    documents: Annotated[list[str], Field(min_length=1)]
+    model: str | None = None
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+    max_tokens_per_doc: int | None = Field(default=None, ge=1)
+
+
+class CohereMeta(TypedDict):
+    api_version: dict[str, str]
+    billed_units: dict[str, int]
+
+
+class CohereRerankResponse(TypedDict):
+    id: str
+    results: list[V1RerankResult]
+    meta: CohereMeta
+
+
+class CohereEmbedRequest(_Request):
+    texts: Annotated[list[str], Field(min_length=1)]
+    model: str | None = None
+    input_type: str | None = Field(
+        default=None, description="search_query, search_document, ...: a prompt of that name"
+    )
+    embedding_types: Annotated[list[EmbeddingType], Field(min_length=1)] = ["float"]
+    truncate: Literal["NONE", "START", "END"] = "END"
+    output_dimension: int | None = Field(default=None, ge=1)
+
+    _truncate = field_validator("truncate", mode="before")(_cohere_truncate)
+
+
+class CohereEmbedResponse(TypedDict):
+    id: str
+    embeddings: dict[str, list[Any]]
+    texts: list[str]
+    meta: CohereMeta
+    response_type: Literal["embeddings_by_type"]
 
 
 # --- probes and info ---------------------------------------------------------------------

@@ -69,6 +69,16 @@ PREDICT = Route(
 )
 ROOT = Route(path="/", family="tei", inference=True)
 TOKENIZE = Route(path="/tokenize", family="tei", inference=True)
+DECODE = Route(path="/decode", family="tei", inference=True)
+SIMILARITY = Route(
+    path="/similarity",
+    family="tei",
+    task=Task.EMBED,
+    inference=True,
+    warm=({"inputs": {"source_sentence": WARM_SHORT, "sentences": _PAIR}},),
+)
+EMBED_ALL = Route(path="/embed_all", family="tei", task=Task.EMBED, inference=True)
+EMBED_SPARSE = Route(path="/embed_sparse", family="tei", task=Task.EMBED, inference=True)
 
 V1_EMBEDDINGS = Route(
     path="/v1/embeddings",
@@ -88,6 +98,31 @@ V1_RERANK = Route(
     inference=True,
     warm=({"query": WARM_SHORT, "documents": _PAIR},),
 )
+V2_RERANK = Route(
+    path="/v2/rerank",
+    family="cohere",
+    task=Task.RERANK,
+    inference=True,
+    warm=({"query": WARM_SHORT, "documents": _PAIR, "top_n": 1},),
+)
+V2_EMBED = Route(
+    path="/v2/embed",
+    family="cohere",
+    task=Task.EMBED,
+    inference=True,
+    # Every embedding type: the int8/uint8 calibration then runs before ready, not on a user.
+    warm=(
+        {
+            "texts": _PAIR,
+            "input_type": "search_document",
+            "embedding_types": ["float", "int8", "uint8", "binary", "ubinary", "base64"],
+        },
+    ),
+)
+
+PING = Route(path="/ping", methods=("GET",), family="sagemaker", access="open")
+INVOCATIONS = Route(path="/invocations", family="sagemaker", inference=True)
+"""SageMaker's inference path: dispatches on the model's task like `POST /`."""
 
 ROUTES: tuple[Route, ...] = (
     HEALTH,
@@ -100,10 +135,18 @@ ROUTES: tuple[Route, ...] = (
     PREDICT,
     ROOT,
     TOKENIZE,
+    DECODE,
+    SIMILARITY,
+    EMBED_ALL,
+    EMBED_SPARSE,
     V1_EMBEDDINGS,
     EMBEDDINGS,
     V1_MODELS,
     V1_RERANK,
+    V2_RERANK,
+    V2_EMBED,
+    PING,
+    INVOCATIONS,
 )
 _FAMILY: dict[str, Family] = {r.path: r.family for r in ROUTES if r.family != "probes"}
 

@@ -19,6 +19,7 @@ def test_the_app_serves_exactly_the_table() -> None:
 
 def test_probes_are_open_and_metrics_only_when_public() -> None:
     probes = {(m, p) for p in ("/health", "/ready", "/") for m in ("GET", "HEAD")}
+    probes.add(("GET", "/ping"))
     assert table.open_routes(metrics_public=False) == probes
     assert table.open_routes(metrics_public=True) == probes | {("GET", "/metrics")}
     assert ("POST", "/") not in table.open_routes(metrics_public=True)
