@@ -78,7 +78,8 @@ BAD_TEI: list[tuple[str, Any, int]] = [
     ("null inputs", {"inputs": None}, 422),
     ("missing inputs", {}, 422),
     ("empty list", {"inputs": []}, 422),
-    ("list of non-strings", {"inputs": [1, 2]}, 422),
+    ("list of non-strings", {"inputs": [{"a": 1}, 2]}, 422),
+    ("token id out of vocabulary", {"inputs": [101, 999999]}, 422),
     ("nested lists", {"inputs": [["a"]]}, 422),
     ("too many inputs", {"inputs": ["x"] * 2049}, 413),
     ("too long, truncate off", {"inputs": LONG, "truncate": False}, 422),
@@ -114,7 +115,7 @@ async def test_bad_input_gets_its_status_and_changes_nothing(
 
 BAD_OPENAI: list[tuple[str, Any, int]] = [
     ("wrong encoding", {"input": "x", "encoding_format": "int4"}, 422),
-    ("token arrays", {"input": [[1, 2, 3]]}, 422),
+    ("token ids out of vocabulary", {"input": [[1, 2, -3]]}, 422),
     ("empty", {"input": []}, 422),
     ("too many", {"input": ["x"] * 2049}, 413),
     ("dimensions 0", {"input": "x", "dimensions": 0}, 422),

@@ -144,3 +144,34 @@ async def test_every_inference_response_carries_teis_timing_headers(three: list[
             assert r.status_code == 200, (path, r.text)
             assert all(r.headers[h].isdigit() for h in TIMING), path
             assert int(r.headers["x-compute-tokens"]) > 0
+
+
+async def test_token_ids_are_embedded_as_given_and_checked(tiny_classifier: Path) -> None:
+    async with running_app(FakeFactory()) as (_app, client):
+        tokens = (await client.post("/tokenize", json={"inputs": ["hello world", "a b"]})).json()
+        rows = [[t["id"] for t in row] for row in tokens]
+        by_text = (await client.post("/embed", json={"inputs": ["hello world", "a b"]})).json()
+        by_ids = await client.post("/embed", json={"inputs": rows})
+        assert by_ids.status_code == 200, by_ids.text
+        assert np.allclose(by_ids.json(), by_text, atol=1e-6)  # same ids, same vectors
+        one = (await client.post("/embed", json={"inputs": rows[0]})).json()
+        assert np.allclose(one, by_text[:1], atol=1e-6)
+        openai = await client.post("/v1/embeddings", json={"input": rows, "model": None})
+        assert np.allclose([d["embedding"] for d in openai.json()["data"]], by_text, atol=1e-6)
+        assert openai.json()["usage"]["prompt_tokens"] == sum(map(len, rows))
+        # Truncated like text: 300 ids keep the first 128 (or the last, from the left).
+        long = [rows[0][1]] * 300
+        assert (await client.post("/embed", json={"inputs": long})).status_code == 200
+        refused = await client.post("/embed", json={"inputs": long, "truncate": False})
+        assert refused.status_code == 422
+        # langchain-openai's default: cl100k ids from tiktoken, outside a WordPiece vocabulary.
+        tiktoken = await client.post("/v1/embeddings", json={"input": [[9906, 1917, 100255]]})
+        assert tiktoken.status_code == 422
+        message = tiktoken.json()["error"]["message"]
+        assert "100255" in message and "check_embedding_ctx_length=False" in message
+    async with running_app(FakeFactory(), model=[str(tiny_classifier)]) as (_app, client):
+        ids = [101, 7592, 102]
+        one = (await client.post("/predict", json={"inputs": ids})).json()
+        assert {p["label"] for p in one} == {"negative", "neutral", "positive"}
+        many = (await client.post("/predict", json={"inputs": [ids, ids]})).json()
+        assert len(many) == 2 and many[0] == one

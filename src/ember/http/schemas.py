@@ -20,6 +20,13 @@ from typing_extensions import TypedDict
 from ember.http.quantize import EmbeddingType
 
 _TEXT = Annotated[str, Field(description="A text")]
+TextsOrIds = (
+    str
+    | Annotated[list[str], Field(min_length=1)]
+    | Annotated[list[int], Field(min_length=1)]
+    | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]
+)
+"""A text, texts, one list of token ids or several (OpenAI's and TEI's input forms)."""
 
 
 log = logging.getLogger("ember.http")
@@ -50,9 +57,7 @@ def _lower_direction(value: object) -> object:
 
 
 class EmbedRequest(_Request):
-    inputs: str | Annotated[list[str], Field(min_length=1)] = Field(
-        description="A text or a list of texts"
-    )
+    inputs: TextsOrIds = Field(description="A text, texts, token ids or lists of token ids")
     normalize: bool = Field(default=True, description="Scale each vector to unit length")
     truncate: bool | None = Field(
         default=None, description="Truncate inputs over the max length (default: server's)"
@@ -85,11 +90,14 @@ class RankItem(TypedDict):
     text: NotRequired[str]
 
 
-PredictInput = str | list[str] | list[list[str]]
+PredictTexts = str | list[str] | list[list[str]]
+PredictInput = PredictTexts | list[int] | list[list[int]]
 
 
 class PredictRequest(_Request):
-    inputs: PredictInput = Field(description="A text, a pair [a, b], or a list of texts or pairs")
+    inputs: PredictInput = Field(
+        description="A text, a pair [a, b], a list of texts or pairs, or token ids"
+    )
     raw_scores: bool = False
     truncate: bool | None = None
     truncation_direction: Literal["right", "left"] = "right"
@@ -163,9 +171,7 @@ class ModelType(TypedDict, total=False):
 
 
 class EmbeddingsRequest(_Request):
-    input: str | Annotated[list[str], Field(min_length=1)] = Field(
-        description="A text or a list of texts"
-    )
+    input: TextsOrIds = Field(description="A text, texts, token ids or lists of token ids")
     model: str | None = None
     encoding_format: EmbeddingType = Field(
         default="float",

@@ -52,7 +52,18 @@ def as_list(value: str | list[str], *, limit: int) -> list[str]:
     return texts
 
 
-def predict_items(inputs: s.PredictInput, *, limit: int) -> tuple[list[Item], bool]:
+def split_inputs(
+    value: str | list[str] | list[int] | list[list[int]], *, limit: int
+) -> tuple[list[str], list[list[int]]]:
+    """(texts, token-id rows): exactly one is non-empty, with at most `limit` inputs."""
+    if isinstance(value, list) and value and not isinstance(value[0], str):
+        rows = id_rows(value)
+        _check_count(len(rows), limit=limit)
+        return [], rows
+    return as_list(value, limit=limit), []  # type: ignore[arg-type]
+
+
+def predict_items(inputs: s.PredictTexts, *, limit: int) -> tuple[list[Item], bool]:
     """TEI's rules: a text, a pair [a, b], or a list of texts or pairs → (items, is_batch)."""
     if isinstance(inputs, str):
         return [inputs], False

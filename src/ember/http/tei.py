@@ -15,8 +15,8 @@ from ember import __version__
 from ember.engine.model import ModelEngine
 from ember.engine.tokenizer import Item, decode_ids, vocab_size
 from ember.errors import NotReady, WrongTask
+from ember.http import ids, shaping, table
 from ember.http import schemas as s
-from ember.http import shaping, table
 from ember.http.deps import EnginesDep, SettingsDep, on
 from ember.http.errors import TEI_ERRORS
 from ember.http.shaping import JSON
@@ -38,6 +38,14 @@ def parse(schema: type[_Body], body: dict[str, Any]) -> _Body:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
+def _textual(inputs: list[Any]) -> bool:
+    """Whether predict inputs are texts or pairs (not token ids)."""
+    first = inputs[0]
+    return isinstance(first, str) or (
+        isinstance(first, list) and bool(first) and isinstance(first[0], str)
+    )
+
+
 def _headers(result: Any, items: Sequence[Item]) -> dict[str, str]:
     """TEI's timing headers for an engine result over `items`."""
     return shaping.timing_headers(
@@ -46,7 +54,18 @@ def _headers(result: Any, items: Sequence[Item]) -> dict[str, str]:
 
 
 async def embed_rows(model: ModelEngine, req: s.EmbedRequest, *, limit: int) -> Response:
-    texts = shaping.as_list(req.inputs, limit=limit)
+    texts, id_rows = shaping.split_inputs(req.inputs, limit=limit)
+    if id_rows:
+        by_id = await ids.embed(
+            model,
+            id_rows,
+            normalize=req.normalize,
+            truncate=req.truncate,
+            direction=req.truncation_direction,
+            dimensions=req.dimensions,
+            prompt_name=req.prompt_name,
+        )
+        return JSON(by_id.rows, headers=_headers(by_id, []))
     result = await model.embed(
         texts,
         normalize=req.normalize,
@@ -76,7 +95,21 @@ async def rerank_items(
 
 
 async def predict_response(model: ModelEngine, req: s.PredictRequest, *, limit: int) -> Response:
-    items, batch = shaping.predict_items(req.inputs, limit=limit)
+    inputs = req.inputs
+    if isinstance(inputs, list) and inputs and not _textual(inputs):
+        id_rows = shaping.id_rows(inputs)  # type: ignore[arg-type]
+        shaping.as_list([""] * len(id_rows), limit=limit)  # the same count limit as texts
+        by_id = await ids.classify(
+            model,
+            id_rows,
+            raw_scores=req.raw_scores,
+            truncate=req.truncate,
+            direction=req.truncation_direction,
+        )
+        scored = shaping.predictions(by_id.rows, model.spec.labels)
+        batched = isinstance(inputs[0], list)
+        return JSON(scored if batched else scored[0], headers=_headers(by_id, []))
+    items, batch = shaping.predict_items(inputs, limit=limit)  # type: ignore[arg-type]
     result = await model.classify(
         items,
         raw_scores=req.raw_scores,
