@@ -95,8 +95,10 @@ class Settings(BaseSettings):
     """Intra-op threads for inference; default: the cores this process may use."""
 
     # --- limits ----------------------------------------------------------------------
-    max_client_batch_size: int = Field(default=32, ge=1)
-    """Most inputs in one request (413 above)."""
+    max_client_batch_size: int = Field(default=2048, ge=1)
+    """Most inputs in one request (413 above). OpenAI's limit, not TEI's 32: clients batch
+    by their own defaults (langchain-openai 1000, llama-index 100); the payload limit and the
+    queue bound limit the work."""
     max_input_length: int | None = Field(default=None, ge=2)
     """Cap on tokens per input, below the model's own maximum; default: the model's."""
     auto_truncate: bool = True
