@@ -14,7 +14,6 @@ library and ember. Building an artifact (export, fuse, quantise, optimise, verif
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ember import __version__
+from ember.backends.cache_lock import cache_lock
 from ember.errors import EmberError, ModelError
 from ember.manifest import (
     DEFAULT_OPTIMIZE,
@@ -106,7 +106,9 @@ def ensure_artifact(
     if is_artifact(dest):
         return dest, load_manifest(dest)
     log.info("%s: no prepared ONNX artifact in the cache; preparing %s", spec.name, dest)
-    manifest = prepare(spec, options, dest=dest, step=step)
+    manifest = prepare(
+        spec, options, dest=dest, step=step, lock_timeout=settings.prepare_lock_timeout
+    )
     return dest, manifest
 
 
@@ -116,32 +118,27 @@ def _uncapped(spec: ModelSpec) -> ModelSpec:
     return replace(spec, max_length=full.max_length)
 
 
-@contextmanager
-def _locked(dest: Path) -> Iterator[None]:
-    """Serialise prepares of one destination (replicas may share a cache volume)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    lock_file = dest.parent / f".{dest.name}.lock"
-    with lock_file.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def prepare(
-    spec: ModelSpec, options: Options, *, dest: Path, step: StepFn, force: bool = False
+    spec: ModelSpec,
+    options: Options,
+    *,
+    dest: Path,
+    step: StepFn,
+    force: bool = False,
+    lock_timeout: float = 0.0,
 ) -> Manifest:
     """Build the artifact for `spec` at `dest`, atomically; returns its manifest.
 
-    Under a lock per destination: a prepare that finds `dest` already built (by another
+    Under a lock per destination (replicas may share a cache volume), waited for at most
+    `lock_timeout` seconds (0: no bound): a prepare that finds `dest` already built (by another
     process) uses it unless `force`. Leftovers of killed prepares are removed first.
     """
     if options.optimize not in OPTIMIZE_LEVELS:
         raise ModelError(f"--optimize must be one of {OPTIMIZE_LEVELS}, not {options.optimize}")
     if options.quantize not in ("none", "int8"):
         raise ModelError(f"--quantize must be none or int8, not {options.quantize!r}")
-    with _locked(dest):
+    lock = dest.parent / f".{dest.name}.lock"
+    with cache_lock(lock, what=spec.name, timeout=lock_timeout):
         for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if is_artifact(dest) and not force:
@@ -248,7 +245,14 @@ def prepare_main(
             print(f"ember: {spec.name} is already prepared", file=sys.stderr)
         else:
             with _steps() as step:
-                prepare(spec, options, dest=dest, step=step, force=force)
+                prepare(
+                    spec,
+                    options,
+                    dest=dest,
+                    step=step,
+                    force=force,
+                    lock_timeout=settings.prepare_lock_timeout,
+                )
     except EmberError as exc:
         print(f"ember: error: {exc.message}", file=sys.stderr)
         return 1
