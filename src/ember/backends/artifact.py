@@ -31,6 +31,13 @@ from typing import TYPE_CHECKING
 
 from ember import __version__
 from ember.backends.cache_lock import cache_lock
+from ember.backends.disk_space import (
+    bytes_needed,
+    check_space,
+    free_bytes,
+    ran_out_of_space,
+    space_message,
+)
 from ember.errors import EmberError, ModelError
 from ember.manifest import (
     DEFAULT_OPTIMIZE,
@@ -143,6 +150,8 @@ def prepare(
             shutil.rmtree(stale, ignore_errors=True)
         if is_artifact(dest) and not force:
             return load_manifest(dest)
+        needed = bytes_needed(spec.path)
+        check_space(dest.parent, needed)
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
@@ -151,8 +160,12 @@ def prepare(
             full = _uncapped(spec)
             manifest = build(full, options, key=artifact_key(full, options), out=tmp, step=step)
             _replace_dir(tmp, dest)
-        except BaseException:
+        except BaseException as exc:
+            free = free_bytes(dest.parent)  # before the cleanup frees what was written
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, Exception) and ran_out_of_space(exc, free):
+                message = space_message(folder=dest.parent, needed=needed, free=free)
+                raise ModelError(f"ran out of disk space: {message}") from exc
             raise
     return manifest
 
@@ -185,20 +198,28 @@ def _rich_steps() -> Iterator[StepFn]:
 
     console = Console(stderr=True)
     columns = (SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}"))
-    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+    progress = Progress(*columns, TimeElapsedColumn(), console=console)
 
-        @contextmanager
-        def step(label: str) -> Iterator[None]:
-            task = progress.add_task(label, total=1)
-            try:
-                yield
-            except BaseException:
-                progress.update(task, description=f"[red]{label} — failed")
-                progress.stop_task(task)
-                raise
-            progress.update(task, completed=1)
+    @contextmanager
+    def step(label: str) -> Iterator[None]:
+        # Started at the first stage: a prepare refused before any work (disk space, lock
+        # timeout) prints only its one error line.
+        if not progress.live.is_started:
+            progress.start()
+        task = progress.add_task(label, total=1)
+        try:
+            yield
+        except BaseException:
+            progress.update(task, description=f"[red]{label} — failed")
+            progress.stop_task(task)
+            raise
+        progress.update(task, completed=1)
 
+    try:
         yield step
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 @contextmanager
