@@ -6,7 +6,7 @@
 Phases (`--phases`, in this order):
 - build: a MiniLM-L6-sized cross-encoder (hidden 384, 6 layers, 12 heads, intermediate 1536,
   one label) and a three-label classifier of the same size, seeded random weights and the built-in
-  model's real tokenizer (tests/tiny_models.py), under `--work`, unless `--model` /
+  model's real tokenizer (ember.bench.tiny_models), under `--work`, unless `--model` /
   `--classifier` name existing folders. Random weights cost exactly the FLOPs of trained ones.
 - prepare: `ember prepare DIR` for both (and `--quantize int8` for the reranker), so no measured
   start includes the ONNX export.
@@ -74,8 +74,6 @@ from ember.bench.startup import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.tiny_models builds the model folders
 
 PY = ROOT / ".venv" / "bin" / "python"
 INFINITY_VENV = ROOT / ".venv-infinity"
@@ -117,8 +115,9 @@ def build_model(path: Path, *, task: Literal["rerank", "classify"], seed: int) -
     if marker.exists() and json.loads(marker.read_text()) == settings:
         return path
     import torch
-    from tests.tiny_models import CLASSIFY_LABELS, copy_tokenizer, tiny_config
     from transformers import BertForSequenceClassification
+
+    from ember.bench.tiny_models import CLASSIFY_LABELS, copy_tokenizer, tiny_config
 
     labels: dict[str, Any] = (
         {"num_labels": 1}
@@ -513,7 +512,8 @@ def parity_report(
 ) -> dict[str, Any]:
     """Max abs differences between every pair of sources (servers' routes and transformers)."""
     import numpy as np
-    from tests.tiny_models import CLASSIFY_LABELS, reference_logits, sigmoid, softmax
+
+    from ember.bench.tiny_models import CLASSIFY_LABELS, reference_logits, sigmoid, softmax
 
     logits = reference_logits(reranker, [ps.query] * len(ps.docs), ps.docs, max_length=512)[:, 0]
     sources: dict[str, dict[str, Scores]] = {
