@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     """Where prepared (ONNX) artifacts are cached."""
     threads: int | None = Field(default=None, ge=1)
     """Intra-op threads for inference; default: the cores this process may use."""
+    prepare_lock_timeout: float = Field(default=900.0, ge=0)
+    """Seconds to wait for another process preparing the same artifact (it is logged with its
+    pid) before the load fails; 0 waits forever."""
 
     # --- limits ----------------------------------------------------------------------
     max_client_batch_size: int = Field(default=2048, ge=1)
