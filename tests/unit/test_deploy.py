@@ -349,6 +349,40 @@ def test_measure_is_bench_startup_and_takes_the_slowest_run(
     assert config.cmd.endswith("--model m") and config.ready_timeout == 10
 
 
+def test_merge_follows_strategic_merge_rules() -> None:
+    base = {
+        "a": 1,
+        "gone": 2,
+        "args": ["x", "y"],
+        "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+    }
+    patch = {
+        "gone": None,
+        "args": ["z"],
+        "env": [{"name": "B", "value": "3"}, {"name": "C", "value": "4"}],
+        "new": {"k": "v"},
+    }
+    assert kustomize.merge(base, patch) == {
+        "a": 1,
+        "args": ["z"],  # a list without a merge key is replaced
+        # merged by name; the patch's items first, then the base's others (kustomize's order)
+        "env": [
+            {"name": "B", "value": "3"},
+            {"name": "C", "value": "4"},
+            {"name": "A", "value": "1"},
+        ],
+        "new": {"k": "v"},
+    }
+    assert base["gone"] == 2  # the inputs are left alone
+
+
+def test_a_patch_for_a_missing_object_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{BASE}]\npatches:\n- path: p.yaml\n")
+    (tmp_path / "p.yaml").write_text("kind: Deployment\nmetadata: {name: other}\n")
+    with pytest.raises(deploy.report.DeployError, match="no Deployment 'other'"):
+        kustomize.build(tmp_path)
+
+
 # --- YAML ---------------------------------------------------------------------------------
 
 _tricky = st.sampled_from(
