@@ -109,8 +109,9 @@ def build_model(path: Path, *, task: Literal["rerank", "classify"], seed: int) -
     if marker.exists() and json.loads(marker.read_text()) == settings:
         return path
     import torch
-    from ember.bench.tiny_models import CLASSIFY_LABELS, copy_tokenizer, tiny_config
     from transformers import BertForSequenceClassification
+
+    from ember.bench.tiny_models import CLASSIFY_LABELS, copy_tokenizer, tiny_config
 
     labels: dict[str, Any] = {"num_labels": 1}
     if task == "classify":

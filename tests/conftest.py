@@ -13,10 +13,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from ember.bench import tiny_models
 from ember.engine.registry import BackendFactory
 from ember.http.app import app_state, create_app
 from ember.settings import Settings
-from tests import tiny_models
 from tests.fakes import FakeFactory
 
 FAST = {

@@ -174,7 +174,7 @@ def _pod_env(container: dict[str, Any]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_models import build_embedder
+    from ember.bench.tiny_models import build_embedder
 
     return build_embedder(tmp_path_factory.mktemp("tiny-embedder"))
 

@@ -15,16 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember import metrics
 from ember.errors import ErrorKind
+from ember.http import table
 from ember.http.errors import error_response
-
-OPEN_PATHS = frozenset({"/health", "/ready"})
-_ROUTE_TASK = {
-    "/embed": "embed",
-    "/v1/embeddings": "embed",
-    "/rerank": "rerank",
-    "/v1/rerank": "rerank",
-    "/predict": "classify",
-}
 
 
 class _BodyTooLarge(HTTPException):
@@ -50,14 +42,14 @@ class EmberMiddleware:
         metrics_public: bool,
         payload_limit: int,
         in_flight: InFlight,
-        default_task: str = "embed",
     ) -> None:
         self.app = app
         self._key = f"Bearer {api_key}".encode() if api_key else None
-        self._open = OPEN_PATHS | ({"/metrics"} if metrics_public else set())
+        self._open = table.open_paths(metrics_public=metrics_public)
         self._limit = payload_limit
         self._in_flight = in_flight
-        self.default_task = default_task
+        # Inference routes: counted by route and task, cancelled when their client leaves.
+        self._tasks = table.route_tasks()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,7 +73,8 @@ class EmberMiddleware:
                     await self._too_large(scope, receive, send)
                     return
                 break
-        track = path in _ROUTE_TASK or path in ("/", "/tokenize")
+        task = self._tasks.get(path)
+        track = task is not None
         status = 500
         started = False
         received = 0
@@ -128,8 +121,7 @@ class EmberMiddleware:
             if watcher is not None:
                 watcher.cancel()
             self._in_flight.count -= 1
-            if track:
-                task = _ROUTE_TASK.get(path, self.default_task)
+            if task is not None:
                 metrics.REQUESTS.labels(route=path, task=task, status=str(status)).inc()
 
     @staticmethod

@@ -3,13 +3,18 @@
 - TEI: https://huggingface.github.io/text-embeddings-inference/ (openapi.json)
 - OpenAI embeddings: https://platform.openai.com/docs/api-reference/embeddings
 - The `/v1/rerank` shape RAG frameworks send (Cohere / Jina style).
+
+Requests are pydantic models (validated); responses are TypedDicts: routes build them as plain
+dicts of numpy arrays for orjson (no per-float Python objects), and FastAPI documents them in
+the OpenAPI schema from the same types.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing_extensions import TypedDict
 
 _TEXT = Annotated[str, Field(description="A text")]
 
@@ -58,10 +63,10 @@ class RerankRequest(_Strict):
     _direction = field_validator("truncation_direction", mode="before")(_lower_direction)
 
 
-class RankItem(BaseModel):
+class RankItem(TypedDict):
     index: int
     score: float
-    text: str | None = None
+    text: NotRequired[str]
 
 
 PredictInput = str | list[str] | list[list[str]]
@@ -77,7 +82,7 @@ class PredictRequest(_Strict):
     _direction = field_validator("truncation_direction", mode="before")(_lower_direction)
 
 
-class Prediction(BaseModel):
+class Prediction(TypedDict):
     label: str
     score: float
 
@@ -88,7 +93,7 @@ class TokenizeRequest(_Strict):
     model: str | None = None
 
 
-class SimpleToken(BaseModel):
+class SimpleToken(TypedDict):
     id: int
     text: str
     special: bool
@@ -96,9 +101,17 @@ class SimpleToken(BaseModel):
     stop: int | None
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(TypedDict):
     error: str
     error_type: str
+
+
+class ModelType(TypedDict, total=False):
+    """TEI's `model_type`: one key, `embedding` (pooling) or `classifier`/`reranker` (labels)."""
+
+    embedding: dict[str, Any]
+    classifier: dict[str, Any]
+    reranker: dict[str, Any]
 
 
 # --- OpenAI ------------------------------------------------------------------------------
@@ -114,45 +127,45 @@ class EmbeddingsRequest(_Strict):
     user: str | None = None
 
 
-class EmbeddingObject(BaseModel):
-    object: Literal["embedding"] = "embedding"
+class EmbeddingObject(TypedDict):
+    object: Literal["embedding"]
     index: int
     embedding: list[float] | str
 
 
-class Usage(BaseModel):
+class Usage(TypedDict):
     prompt_tokens: int
     total_tokens: int
 
 
-class EmbeddingsResponse(BaseModel):
-    object: Literal["list"] = "list"
+class EmbeddingsResponse(TypedDict):
+    object: Literal["list"]
     data: list[EmbeddingObject]
     model: str
     usage: Usage
 
 
-class ModelCard(BaseModel):
+class ModelCard(TypedDict):
     id: str
-    object: Literal["model"] = "model"
+    object: Literal["model"]
     created: int
-    owned_by: str = "ember"
+    owned_by: str
     task: str
 
 
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
+class ModelList(TypedDict):
+    object: Literal["list"]
     data: list[ModelCard]
 
 
-class OpenAIErrorDetail(BaseModel):
+class OpenAIErrorDetail(TypedDict):
     message: str
     type: str
-    param: str | None = None
-    code: str | None = None
+    param: str | None
+    code: str | None
 
 
-class OpenAIError(BaseModel):
+class OpenAIError(TypedDict):
     error: OpenAIErrorDetail
 
 
@@ -169,33 +182,38 @@ class V1RerankRequest(_Strict):
     truncate: bool | None = None
 
 
-class V1RerankDocument(BaseModel):
+class V1RerankDocument(TypedDict):
     text: str
 
 
-class V1RerankResult(BaseModel):
+class V1RerankResult(TypedDict):
     index: int
     relevance_score: float
-    document: V1RerankDocument | None = None
+    document: NotRequired[V1RerankDocument]
 
 
-class V1RerankResponse(BaseModel):
+class RerankUsage(TypedDict):
+    total_tokens: int
+
+
+class V1RerankResponse(TypedDict):
     model: str
     results: list[V1RerankResult]
-    usage: dict[str, int]
+    usage: RerankUsage
 
 
 # --- probes and info ---------------------------------------------------------------------
 
 
-class Health(BaseModel):
-    status: Literal["alive"] = "alive"
+class Health(TypedDict):
+    status: Literal["alive"]
     stage: str
 
 
-class Readiness(BaseModel):
+class Readiness(TypedDict):
     status: str
-    error: str | None = None
-    models: list[dict[str, Any]] = []
-    ready_seconds: float | None = None
-    warmup: list[dict[str, Any]] | None = None
+    error: NotRequired[str]
+    models: list[dict[str, Any]]
+    uptime_seconds: float
+    ready_seconds: NotRequired[float | None]
+    warmup: NotRequired[list[dict[str, Any]]]

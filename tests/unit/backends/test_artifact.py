@@ -13,20 +13,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ember.backends import artifact, export
-from ember.backends.artifact import (
+from ember.backends import export
+from ember.backends.artifact import cache_path, ensure_artifact, prepare_main
+from ember.backends.base import Batch
+from ember.backends.onnx_backend import OnnxBackend
+from ember.errors import ModelError
+from ember.manifest import (
     DATA_FILE,
     MANIFEST_NAME,
     MODEL_FILE,
     Options,
-    cache_path,
-    ensure_artifact,
+    file_sha256,
     load_manifest,
-    prepare_main,
 )
-from ember.backends.base import Batch
-from ember.backends.onnx_backend import OnnxBackend
-from ember.errors import ModelError
 from ember.models import BUILTIN_NAME, Task, inspect_model
 from ember.settings import Settings
 
@@ -63,9 +62,9 @@ def test_manifest_records_labels_versions_and_hash(
     assert spec.task is Task.CLASSIFY
     assert spec.labels == ("negative", "neutral", "positive")
     assert manifest.model_size == (path / MODEL_FILE).stat().st_size
-    assert manifest.model_sha256 == artifact.file_sha256(path / MODEL_FILE)
+    assert manifest.model_sha256 == file_sha256(path / MODEL_FILE)
     assert manifest.data_size == (path / DATA_FILE).stat().st_size
-    assert manifest.data_sha256 == artifact.file_sha256(path / DATA_FILE)
+    assert manifest.data_sha256 == file_sha256(path / DATA_FILE)
     assert manifest.model_size < manifest.data_size  # the weights live in the data file
     assert {"ember", "onnxruntime", "onnx", "torch"} <= manifest.versions.keys()
     assert manifest.inputs == ("input_ids", "attention_mask", "token_type_ids")

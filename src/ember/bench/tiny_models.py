@@ -1,4 +1,5 @@
-"""Tiny BERT models for tests: seeded random weights, a real config, the built-in tokenizer.
+"""Tiny BERT models for tests and benchmarks: seeded random weights, a real config, a real
+tokenizer.
 
 Every builder writes a complete model folder that transformers, sentence-transformers and ember
 can all load offline, each in well under a second once torch is imported. Weights are drawn
@@ -72,9 +73,9 @@ def _sequence_classifier(
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(tiny_config(num_labels=num_labels, **config)).eval()
+    model = BertForSequenceClassification(tiny_config(num_labels=num_labels, **config))
     with torch.no_grad():
-        model.classifier.bias += logit_shift
+        model.classifier.bias.add_(logit_shift)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     copy_tokenizer(path)
@@ -114,7 +115,7 @@ def build_embedder(path: Path, *, seed: int = 2) -> Path:
     from transformers import BertModel
 
     torch.manual_seed(seed)
-    model = BertModel(tiny_config()).eval()
+    model = BertModel(tiny_config())
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     copy_tokenizer(path)
@@ -206,7 +207,8 @@ def reference_embeddings(path: Path, texts: list[str], *, max_length: int) -> Fl
 
 
 def sigmoid(x: Floats) -> Floats:
-    out: Floats = 1.0 / (1.0 + np.exp(-x))
+    # Python floats would widen the annotation to float64; the values stay float32.
+    out: Floats = (1.0 / (1.0 + np.exp(-x))).astype(np.float32, copy=False)
     return out
 
 
