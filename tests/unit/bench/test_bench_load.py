@@ -262,3 +262,18 @@ def test_soak_script_runs_its_mix_through_the_loop(
         "embed-1", "embed-batch", "openai-base64", "rerank", "predict"
     }  # fmt: skip
     assert len(doc["intervals"]) == 2 and doc["rss_mb"]["start"] > 1
+
+
+@pytest.mark.parametrize("workload", ["rerank", "classify", "mixed"])
+def test_cli_load_runs_any_workload(tmp_path: Path, workload: str) -> None:
+    from ember.bench.cli import main
+
+    cmd = f"{sys.executable} {FAKE} --port {{port}}"
+    args = ["load", "--cmd", cmd, "--workload", workload, "--batch", "3", "--concurrency", "2"]
+    args += ["--duration", "0.2", "--warmup", "0", "--no-plot", "--out", str(tmp_path)]
+    assert main(args) == 0
+    (path,) = tmp_path.glob("load-*.json")
+    doc = orjson.loads(path.read_bytes())
+    assert doc["workload"]["kind"] == workload
+    (level,) = doc["levels"]
+    assert level["ok"] > 0 and level["errors"] == {}
