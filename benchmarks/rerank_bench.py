@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import shlex
@@ -136,7 +137,7 @@ def count_parameters(path: Path) -> int:
     total = 0
     with safe_open(str(path / "model.safetensors"), framework="np") as weights:
         for name in weights.keys():  # noqa: SIM118 (safe_open is not a Mapping)
-            total += int(__import__("math").prod(weights.get_slice(name).get_shape()))
+            total += math.prod(weights.get_slice(name).get_shape())
     return total
 
 
