@@ -210,6 +210,17 @@ def reference_embeddings(
     return vectors
 
 
+def reference_sparse(path: Path, texts: list[str], *, max_length: int) -> Floats:
+    """sentence-transformers' `SparseEncoder` vectors, dense (one column per vocabulary id)."""
+    from sentence_transformers.sparse_encoder import SparseEncoder
+
+    model = SparseEncoder(str(path), device="cpu", local_files_only=True)
+    model.max_seq_length = max_length
+    vectors = model.encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+    out: Floats = vectors.float().numpy()
+    return out
+
+
 def sigmoid(x: Floats) -> Floats:
     # Python floats would widen the annotation to float64; the values stay float32.
     out: Floats = (1.0 / (1.0 + np.exp(-x))).astype(np.float32, copy=False)
@@ -253,8 +264,10 @@ class Family:
     normalize: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     layout: str = "sentence-transformers"
-    """`sentence-transformers` (modules.json), `cross-encoder` (CrossEncoder.save) or
-    `transformers` (a plain `save_pretrained` folder)."""
+    """`sentence-transformers` (modules.json), `cross-encoder` (CrossEncoder.save),
+    `sparse-encoder` (SparseEncoder.save) or `transformers` (a plain `save_pretrained` folder)."""
+    dense: int = 0
+    """Out features of a `2_Dense` module (Linear + tanh) after pooling; 0: none."""
     seed: int = 0
 
 
@@ -286,6 +299,16 @@ FAMILIES: dict[str, Family] = {
             prompts=E5_PROMPTS,
             seed=2,
         ),
+        Family(
+            name="bert-dense",
+            model_type="bert",
+            task="embed",
+            pooling="cls",
+            dense=FAMILY_HIDDEN // 2,
+            normalize=True,
+            seed=3,
+        ),
+        Family(name="splade", model_type="bert", task="sparse", layout="sparse-encoder"),
         Family(name="rerank-bert", model_type="bert", task="rerank", layout="cross-encoder"),
         Family(
             name="rerank-xlm-roberta",
@@ -300,7 +323,9 @@ FAMILIES: dict[str, Family] = {
     )
 }
 """The matrix rows. Reranker layouts differ on purpose: bge-reranker-* ship plain transformers
-folders, ms-marco cross-encoders the layout `CrossEncoder.save` writes."""
+folders, ms-marco cross-encoders the layout `CrossEncoder.save` writes. `bert-dense` is shaped
+like LaBSE (CLS → Dense tanh → Normalize); `splade` like naver/splade (masked-LM head, max
+pooling of relu logits)."""
 
 _TOKENIZATION = {
     "bert": "wordpiece",
@@ -484,7 +509,7 @@ def family_config(model_type: str, *, vocab_size: int, pad_token_id: int, **extr
 def build_family(path: Path, family: Family | str) -> Path:
     """Write the family's tiny model folder at `path` (seeded: the same bytes every run)."""
     import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     fam = FAMILIES[family] if isinstance(family, str) else family
     tokenizer = family_tokenizer(fam.model_type)
@@ -504,7 +529,9 @@ def build_family(path: Path, family: Family | str) -> Path:
         **labels,
     )
     torch.manual_seed(fam.seed)
-    auto: Any = AutoModel if fam.task == "embed" else AutoModelForSequenceClassification
+    auto: Any = {"embed": AutoModel, "sparse": AutoModelForMaskedLM}.get(
+        fam.task, AutoModelForSequenceClassification
+    )
     model = auto.from_config(config)
     weights = path / "transformers" if fam.layout != "transformers" else path
     weights.mkdir(parents=True, exist_ok=True)
@@ -516,6 +543,15 @@ def build_family(path: Path, family: Family | str) -> Path:
         from sentence_transformers import CrossEncoder
 
         CrossEncoder(str(weights), device="cpu", local_files_only=True).save(str(path))
+    elif fam.layout == "sparse-encoder":
+        from sentence_transformers.sparse_encoder import SparseEncoder
+        from sentence_transformers.sparse_encoder.modules import SpladePooling, Transformer
+
+        mlm = Transformer(
+            str(weights), transformer_task="fill-mask", max_seq_length=FAMILY_MAX_LENGTH
+        )
+        modules = [mlm, SpladePooling(pooling_strategy="max", activation_function="relu")]
+        SparseEncoder(modules=modules, device="cpu").save(str(path))
     else:
         _save_sentence_transformer(path, weights=weights, family=fam)
     shutil.rmtree(weights)
@@ -524,12 +560,25 @@ def build_family(path: Path, family: Family | str) -> Path:
 
 def _save_sentence_transformer(path: Path, *, weights: Path, family: Family) -> None:
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
 
     modules: list[Any] = [
         Transformer(str(weights), max_seq_length=FAMILY_MAX_LENGTH),
         Pooling(FAMILY_HIDDEN, pooling_mode=family.pooling),
     ]
+    if family.dense:
+        import torch
+
+        # Seeded wide weights, as for the transformer: Dense's default init shrinks the output.
+        generator = torch.Generator().manual_seed(family.seed)
+        weight = torch.randn(family.dense, FAMILY_HIDDEN, generator=generator) * FAMILY_STD
+        bias = torch.randn(family.dense, generator=generator) * FAMILY_STD
+        modules.append(Dense(FAMILY_HIDDEN, family.dense, init_weight=weight, init_bias=bias))
     if family.normalize:
         modules.append(Normalize())
     model = SentenceTransformer(modules=modules, device="cpu", prompts=dict(family.prompts))
