@@ -82,3 +82,9 @@ def tiny_classifier(tiny_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_dir: Path) -> Path:
     return tiny_models.build_embedder(tiny_dir / "embedder")
+
+
+@pytest.fixture(scope="session")
+def tiny_families(tiny_dir: Path) -> dict[str, Path]:
+    """One tiny model folder per family of the matrix (`tiny_models.FAMILIES`), built once."""
+    return tiny_models.build_families(tiny_dir / "families")
