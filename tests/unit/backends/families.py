@@ -71,11 +71,12 @@ def build(root: Path, family: str, task: Task, *, pooling: str = "mean", seed: i
     model.eval().save_pretrained(path)
     tiny_models.copy_tokenizer(path)
     if task is Task.EMBED:
-        _sentence_transformers_files(path, pooling)
+        sentence_transformers_files(path, pooling)
     return path
 
 
-def _sentence_transformers_files(path: Path, pooling: str) -> None:
+def sentence_transformers_files(path: Path, pooling: str, *, width: int = 32) -> None:
+    """modules.json, the Pooling module (`pooling`: cls, mean, max, lasttoken) and the length."""
     kinds = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling")
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": kinds[0]},
@@ -83,8 +84,8 @@ def _sentence_transformers_files(path: Path, pooling: str) -> None:
     ]
     modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
     config: dict[str, Any] = {f"pooling_mode_{m}": False for m in modes}
-    key = "pooling_mode_cls_token" if pooling == "cls" else f"pooling_mode_{pooling}_tokens"
-    config |= {"word_embedding_dimension": 32, key: True}
+    key = {"cls": "cls_token", "lasttoken": "lasttoken"}.get(pooling, f"{pooling}_tokens")
+    config |= {"word_embedding_dimension": width, f"pooling_mode_{key}": True}
     (path / "modules.json").write_text(json.dumps(modules), "utf-8")
     (path / "1_Pooling").mkdir()
     (path / "1_Pooling" / "config.json").write_text(json.dumps(config), "utf-8")
@@ -108,8 +109,9 @@ def reference(path: Path, family: str, task: Task, batch: Batch, *, pooling: str
         logits: np.ndarray = out.logits.float().numpy()
         return logits
     hidden = out.last_hidden_state.float()
-    if pooling == "cls":
-        pooled: np.ndarray = hidden[:, 0].numpy()
+    if pooling in ("cls", "lasttoken"):
+        last = mask.sum(1) - 1 if pooling == "lasttoken" else torch.zeros_like(mask[:, 0])
+        pooled: np.ndarray = hidden[torch.arange(len(hidden)), last].numpy()
         return pooled
     weights = mask[..., None].float()
     mean: np.ndarray = ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).numpy()
