@@ -228,8 +228,9 @@ if os.environ.get("SWITCH_INTERVAL"): sys.setswitchinterval(float(os.environ["SW
       (
         unset PYTHONDONTWRITEBYTECODE
         export PYTHONPYCACHEPREFIX=/tmp/pyc
-        PYTHONPATH=$EMBER_PATH:/tmp/shim timeout 250 "$PY" benchmarks/gpu/families.py \
-          --out "$R/families.json" --starts "${FAMILY_STARTS:-2}"
+        # FAMILY_ARGS: e.g. --only bert,roberta --serve-args "--device cuda --backend torch"
+        eval "PYTHONPATH=$EMBER_PATH:/tmp/shim timeout 250 $PY benchmarks/gpu/families.py \
+          --out $R/families$TAG.json --starts ${FAMILY_STARTS:-2} ${FAMILY_ARGS:-}"
       )
       save
       ;;
