@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     name selects it (TEI ignores the field; OpenAI clients send their own model names)."""
     backend: BackendName = "auto"
     """Inference backend. Under `auto`: `onnx` on CPU (prepared on first use); on CUDA `cupy`
-    for plain BERT models in float16 when CuPy is installed (no torch import), else `torch`."""
+    for BERT-shaped models (BERT, RoBERTa, XLM-R, DistilBERT) in float16 when CuPy is installed
+    (no torch import), else `torch`."""
     quantize: Quantize = "none"
     """ONNX weight quantisation: `int8` (dynamic, VNNI) trades a little accuracy for speed."""
     cache_dir: Path = Field(default_factory=_default_cache_dir)
@@ -157,7 +158,7 @@ class Settings(BaseSettings):
     """On CUDA, capture each warm-up shape as a CUDA graph where its replay measures faster
     than the eager forward."""
     torch_native: bool = True
-    """Run plain BERT models with ember's own torch encoder (no transformers import: seconds
+    """Run BERT-shaped models with ember's own torch encoder (no transformers import: seconds
     less to ready); off: transformers for every model."""
     workers: int = Field(default=1, ge=1)
     """Replica processes serving one port (SO_REUSEPORT), each with its own model copy; `/ready`
