@@ -197,24 +197,17 @@ def worker_main(argv: list[str]) -> int:
     threading.Thread(target=orphaned, name="ember-parent-watch", daemon=True).start()
     engines = Engines(settings)
     engines.preload()  # load on a thread while the web stack imports, as `ember serve` does
-    import uvicorn
-
     from ember.http.app import create_app
-    from ember.http.serving import DrainingServer
+    from ember.http.serving import server
 
     app = create_app(settings, engines=engines)
     sock = reuseport_socket(settings.host, settings.port)
     sock.listen(_BACKLOG)
-    config = uvicorn.Config(
-        ReadyGate(app, engines=engines, index=index, workers=workers, state=state),
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
-        server_header=False,
-    )
-    DrainingServer(config, settings=settings, app=app).run(sockets=[sock])
-    return 0
+    gate = ReadyGate(app, engines=engines, index=index, workers=workers, state=state)
+    server(app, settings, outer=gate).run(sockets=[sock])
+    from ember.server import exit_now
+
+    return exit_now(0)
 
 
 if __name__ == "__main__":
