@@ -32,14 +32,22 @@ class Answer:
 
 
 async def request(
-    port: int, method: str, path: str, body: bytes = b"", *, send_body: int | None = None
+    port: int,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    send_body: int | None = None,
+    after: float = 0.0,
 ) -> Answer:
-    """One HTTP/1.1 request on its own connection; `send_body` sends only that many bytes of
-    the body (and keeps the connection open) to play a client holding a partial body."""
+    """One HTTP/1.1 request on its own connection, sent `after` seconds after connecting;
+    `send_body` sends only that many bytes of the body (and keeps the connection open) to play
+    a client holding a partial body."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError as exc:
         return Answer(0, {}, b"", repr(exc))
+    await asyncio.sleep(after)
     head = (
         f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\n\r\n"
@@ -140,19 +148,23 @@ def test_sighup_drains_in_flight_requests_then_exits(serve: type[Server]) -> Non
 
     async def scenario() -> list[Answer]:
         calls = [
-            asyncio.ensure_future(request(server.port, "POST", "/embed", embed_body(3)))
+            asyncio.ensure_future(request(server.port, "POST", "/embed", embed_body(4)))
             for _ in range(8)
         ]
+        # Connected before the signal, sent just after it: the listener may close as soon as
+        # the in-flight requests are done, but connections it accepted are still served.
+        ready = asyncio.ensure_future(request(server.port, "GET", "/ready", after=0.5))
+        late = asyncio.ensure_future(
+            request(server.port, "POST", "/embed", embed_body(1), after=0.5)
+        )
         await asyncio.sleep(0.3)
         server.proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.1)
-        ready = await request(server.port, "GET", "/ready")
-        late = await request(server.port, "POST", "/embed", embed_body(1))
-        return [ready, late, *await asyncio.gather(*calls)]
+        return await asyncio.gather(ready, late, *calls)
 
     ready, late, *answers = asyncio.run(scenario())
     assert ready.status == 503 and json.loads(ready.body)["status"] == "draining", ready
     assert late.status == 503 and late.headers.get("retry-after") == "1", late
+    assert json.loads(late.body)["error_type"] == "not_ready", late
     assert all(a.status == 200 for a in answers), answers
     assert server.proc.wait(timeout=5) == 0, server.logs()
 

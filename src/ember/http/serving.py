@@ -46,6 +46,8 @@ _MIN_DRAIN_SECONDS = 0.5
 _CLOSE_BACKSTOP_SECONDS = 0.4
 # How long cancelled requests get to send their 503 before uvicorn closes the connections.
 _ANSWER_SECONDS = 0.2
+# How long a refused connection's further bytes are read and dropped before it is closed.
+_LINGER_SECONDS = 1.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PROBES = frozenset({"/health", "/ready"})
 
@@ -183,6 +185,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_count = 0
         self._began_here = False
         self._refusal: str | None = None
+        self._discarding = False
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -211,6 +214,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._answer_raw(408, "request headers not received in time")
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         self._began_here = False
         super().data_received(data)
         if self._in_head and not self._began_here and not self.transport.is_closing():
@@ -222,8 +227,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         if self._refusal is not None:
             self._answer_raw(431, self._refusal)
-            return
-        super().send_400_response(msg)
+        elif self.cycle is not None and not self.cycle.response_complete:
+            # Junk after a valid request in the same packet: uvicorn would write its 400 and
+            # close at once, dropping the valid request's answer. Answer that, then close.
+            self.cycle.keep_alive = False
+        else:
+            super().send_400_response(msg)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -270,8 +279,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n" % (status, reason, len(body)) + body
         )
-        self.transport.close()
         self._in_head = False
+        # Lingering close (as nginx's): closing with the client's bytes unread makes the kernel
+        # send a reset, which can destroy the answer before the client reads it. So stop
+        # writing, discard what still arrives for a moment, then close.
+        self._discarding = True
+        self._disarm_head_timer()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
 
 def bounded_protocol(settings: Settings) -> type[BoundedHttpToolsProtocol]:
