@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     """Replica processes serving one port (SO_REUSEPORT), each with its own model copy; `/ready`
     says 200 only when all are warm. On a GPU, 2-4 lift the Python ceiling (docs/gpu.md)."""
+    worker_heartbeat_timeout: float = Field(default=5.0, gt=0)
+    """With `--workers`: seconds without a heartbeat from a worker's event loop (it beats every
+    0.1 s) after which the supervisor kills and replaces it as hung."""
 
     _split = field_validator("model", "seq_buckets", "row_buckets", "cors_origins", mode="before")(
         _split_list
