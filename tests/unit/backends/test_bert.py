@@ -42,7 +42,7 @@ def test_native_forward_matches_transformers(
 ) -> None:
     from ember.backends.torch_backend import TorchBackend
 
-    path = families.build(tiny_dir / "families", family, task, pooling=pooling)
+    path = families.build(tiny_dir / "bert-shaped", family, task, pooling=pooling)
     spec = inspect_model(str(path))
     assert spec.task is task and spec.pooling == pooling
     config = bert.supported(spec)

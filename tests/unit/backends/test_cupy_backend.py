@@ -87,14 +87,14 @@ def test_auto_falls_back_to_torch_with_the_reason(
 def test_auto_picks_cupy_for_every_bert_shaped_family(
     tiny_dir: Path, with_cupy: None, family: str, task: Task
 ) -> None:
-    spec = inspect_model(str(families.build(tiny_dir / "families", family, task)))
+    spec = inspect_model(str(families.build(tiny_dir / "bert-shaped", family, task)))
     assert loader.resolve_backend(Settings(), "cuda", spec) == "cupy"
 
 
 def test_other_families_go_to_torch_on_cuda(
     tiny_dir: Path, tmp_path: Path, with_cupy: None
 ) -> None:
-    source = families.build(tiny_dir / "families", "bert", Task.EMBED)
+    source = families.build(tiny_dir / "bert-shaped", "bert", Task.EMBED)
     folder = tmp_path / "mpnet"
     shutil.copytree(source, folder)
     config = json.loads((folder / "config.json").read_text())
@@ -196,7 +196,7 @@ def test_families_in_fp16_match_transformers(
 ) -> None:
     """Each BERT-shaped family and head on the fast path against transformers in fp32: cos ≥
     0.999 for vectors, logits within fp16's error (2e-2)."""
-    path = families.build(tiny_dir / "families", family, task, pooling=pooling)
+    path = families.build(tiny_dir / "bert-shaped", family, task, pooling=pooling)
     spec = inspect_model(str(path))
     backend = cupy_backend.CupyBackend(spec=spec)
     assert backend.describe()["implementation"] == f"native-{family}"
