@@ -56,6 +56,7 @@ def parity_report(
 ) -> dict[str, Any]:
     """Max abs differences, rank correlation and top-5 overlap between every pair of sources."""
     import numpy as np
+
     from ember.bench.tiny_models import CLASSIFY_LABELS, reference_logits, sigmoid, softmax
 
     docs = ps["docs"]

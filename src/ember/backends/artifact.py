@@ -14,7 +14,6 @@ library and ember. Building an artifact (export, fuse, quantise, optimise, verif
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -31,6 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ember import __version__
+from ember.backends.cache_lock import cache_lock
+from ember.backends.disk_space import (
+    bytes_needed,
+    check_space,
+    free_bytes,
+    ran_out_of_space,
+    space_message,
+)
 from ember.errors import EmberError, ModelError
 from ember.manifest import (
     DEFAULT_OPTIMIZE,
@@ -106,7 +113,9 @@ def ensure_artifact(
     if is_artifact(dest):
         return dest, load_manifest(dest)
     log.info("%s: no prepared ONNX artifact in the cache; preparing %s", spec.name, dest)
-    manifest = prepare(spec, options, dest=dest, step=step)
+    manifest = prepare(
+        spec, options, dest=dest, step=step, lock_timeout=settings.prepare_lock_timeout
+    )
     return dest, manifest
 
 
@@ -116,36 +125,33 @@ def _uncapped(spec: ModelSpec) -> ModelSpec:
     return replace(spec, max_length=full.max_length)
 
 
-@contextmanager
-def _locked(dest: Path) -> Iterator[None]:
-    """Serialise prepares of one destination (replicas may share a cache volume)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    lock_file = dest.parent / f".{dest.name}.lock"
-    with lock_file.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def prepare(
-    spec: ModelSpec, options: Options, *, dest: Path, step: StepFn, force: bool = False
+    spec: ModelSpec,
+    options: Options,
+    *,
+    dest: Path,
+    step: StepFn,
+    force: bool = False,
+    lock_timeout: float = 0.0,
 ) -> Manifest:
     """Build the artifact for `spec` at `dest`, atomically; returns its manifest.
 
-    Under a lock per destination: a prepare that finds `dest` already built (by another
+    Under a lock per destination (replicas may share a cache volume), waited for at most
+    `lock_timeout` seconds (0: no bound): a prepare that finds `dest` already built (by another
     process) uses it unless `force`. Leftovers of killed prepares are removed first.
     """
     if options.optimize not in OPTIMIZE_LEVELS:
         raise ModelError(f"--optimize must be one of {OPTIMIZE_LEVELS}, not {options.optimize}")
     if options.quantize not in ("none", "int8"):
         raise ModelError(f"--quantize must be none or int8, not {options.quantize!r}")
-    with _locked(dest):
+    lock = dest.parent / f".{dest.name}.lock"
+    with cache_lock(lock, what=spec.name, timeout=lock_timeout):
         for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if is_artifact(dest) and not force:
             return load_manifest(dest)
+        needed = bytes_needed(spec.path)
+        check_space(dest.parent, needed)
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
@@ -154,8 +160,12 @@ def prepare(
             full = _uncapped(spec)
             manifest = build(full, options, key=artifact_key(full, options), out=tmp, step=step)
             _replace_dir(tmp, dest)
-        except BaseException:
+        except BaseException as exc:
+            free = free_bytes(dest.parent)  # before the cleanup frees what was written
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, Exception) and ran_out_of_space(exc, free):
+                message = space_message(folder=dest.parent, needed=needed, free=free)
+                raise ModelError(f"ran out of disk space: {message}") from exc
             raise
     return manifest
 
@@ -188,20 +198,28 @@ def _rich_steps() -> Iterator[StepFn]:
 
     console = Console(stderr=True)
     columns = (SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}"))
-    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+    progress = Progress(*columns, TimeElapsedColumn(), console=console)
 
-        @contextmanager
-        def step(label: str) -> Iterator[None]:
-            task = progress.add_task(label, total=1)
-            try:
-                yield
-            except BaseException:
-                progress.update(task, description=f"[red]{label} — failed")
-                progress.stop_task(task)
-                raise
-            progress.update(task, completed=1)
+    @contextmanager
+    def step(label: str) -> Iterator[None]:
+        # Started at the first stage: a prepare refused before any work (disk space, lock
+        # timeout) prints only its one error line.
+        if not progress.live.is_started:
+            progress.start()
+        task = progress.add_task(label, total=1)
+        try:
+            yield
+        except BaseException:
+            progress.update(task, description=f"[red]{label} — failed")
+            progress.stop_task(task)
+            raise
+        progress.update(task, completed=1)
 
+    try:
         yield step
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 @contextmanager
@@ -248,7 +266,14 @@ def prepare_main(
             print(f"ember: {spec.name} is already prepared", file=sys.stderr)
         else:
             with _steps() as step:
-                prepare(spec, options, dest=dest, step=step, force=force)
+                prepare(
+                    spec,
+                    options,
+                    dest=dest,
+                    step=step,
+                    force=force,
+                    lock_timeout=settings.prepare_lock_timeout,
+                )
     except EmberError as exc:
         print(f"ember: error: {exc.message}", file=sys.stderr)
         return 1

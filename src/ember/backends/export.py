@@ -7,6 +7,7 @@ torch, transformers and onnx are imported inside these functions, never at modul
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -78,34 +79,39 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
     with step("load the model"):
         module, input_names = _load_wrapper(spec)
         feeds = _sample_feeds(spec, input_names)
+        expected = _reference(module, feeds)
     with step("export to ONNX"):
-        exported = work / "exported.onnx"
+        graph = _stage(work, "exported")
         _export(
             module,
             feeds=feeds,
             names=input_names,
             output=_output_name(spec),
-            path=exported,
+            path=graph,
             opset=options.opset,
         )
-    graph, fused = exported, False
+    # Peak memory: the torch weights are not needed past the export (verify compares with the
+    # reference outputs computed above).
+    del module
+    gc.collect()
+    fused = False
     if options.optimize > 0:
         with step("fuse transformer ops"):
-            fused_path = work / "fused.onnx"
-            fused = fuse(spec, exported, fused_path)
-            graph = fused_path if fused else exported
+            fused = fuse(spec, graph, _stage(work, "fused"))
+            if fused:
+                graph = _advance(graph, work / "fused")
     if options.quantize == "int8":
         with step("quantise to int8"):
-            quantized = work / "int8.onnx"
-            quantize(graph, quantized)
-            graph = quantized
+            quantize(graph, _stage(work, "int8"))
+            graph = _advance(graph, work / "int8")
     model_file = out / MODEL_FILE
     with step(f"optimise (ORT level {options.optimize})"):
-        save_optimized(graph, work / "optimized.onnx", options.optimize)
-        externalize(work / "optimized.onnx", model_file)
+        save_optimized(graph, _stage(work, "optimized"), options.optimize)
+        graph = _advance(graph, work / "optimized")
+        externalize(graph, model_file, consume=True)
     with step("verify against torch"):
         verify, inputs = _verify(
-            module, feeds, model_file, options=options, embed=spec.task is Task.EMBED
+            expected, feeds, model_file, options=options, embed=spec.task is Task.EMBED
         )
     shutil.rmtree(work)
     with step("write manifest"):
@@ -139,6 +145,20 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
         )
         _write_manifest(out, manifest)
     return manifest
+
+
+def _stage(work: Path, name: str) -> Path:
+    """The graph file of one pass, in a folder of its own (external data lands beside it)."""
+    folder = work / name
+    folder.mkdir()
+    return folder / "model.onnx"
+
+
+def _advance(graph: Path, stage: Path) -> Path:
+    """Delete the pass input `graph`'s folder once the next pass wrote `stage`: peak disk is
+    then two copies of the weights, never more."""
+    shutil.rmtree(graph.parent)
+    return stage / "model.onnx"
 
 
 def _output_name(spec: ModelSpec) -> str:
@@ -246,24 +266,30 @@ def _export(
         raise ModelError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _reference(module: torch.nn.Module, feeds: dict[str, np.ndarray[Any, Any]]) -> FloatArray:
+    """The torch module's outputs on the sample batch, which the saved graph must reproduce."""
+    import torch
+
+    with torch.inference_mode():
+        out: FloatArray = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+    return out
+
+
 def _verify(
-    module: torch.nn.Module,
+    expected: FloatArray,
     feeds: dict[str, np.ndarray[Any, Any]],
     model: Path,
     *,
     options: Options,
     embed: bool,
 ) -> tuple[dict[str, float], tuple[str, ...]]:
-    """Run the saved graph and the torch module on the sample batch; raise if they differ.
+    """Run the saved graph on the sample batch; raise if it differs from the torch module's
+    `expected` outputs.
 
     Returns the agreement figures and the graph's input names (the exporter drops inputs the
     model ignores, so these, not the wrapper's, are what serving must feed)."""
-    import torch
-
     from ember.backends.ort_session import create_session, serving_level
 
-    with torch.inference_mode():
-        expected = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
     session = create_session(model, threads=1, level=serving_level(options.optimize))
     inputs = tuple(str(i.name) for i in session.get_inputs())
     got: FloatArray = session.run(None, {name: feeds[name] for name in inputs})[0]

@@ -62,7 +62,7 @@ def fuse(spec: ModelSpec, source: Path, dest: Path) -> bool:
     fusions.enable_skip_layer_norm = False
     fusions.enable_bias_skip_layer_norm = False
     try:
-        with quiet(), ort_logsquiet():
+        with quiet(), ort_logs_quiet():
             model = optimize_model(
                 str(source),
                 model_type="bert",
@@ -84,7 +84,7 @@ class _DropRecords(logging.Filter):
 
 
 @contextmanager
-def ort_logsquiet() -> Iterator[None]:
+def ort_logs_quiet() -> Iterator[None]:
     """Keep ORT's Python tools' log lines out of the CLI display while they run.
 
     They log to "onnxruntime.*" loggers and, for the quantiser's pre-processing hint, to the
@@ -116,7 +116,7 @@ def quantize(source: Path, dest: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with quiet(), ort_logsquiet():
+    with quiet(), ort_logs_quiet():
         try:
             quantize_dynamic(
                 str(source),
@@ -135,20 +135,23 @@ def quantize(source: Path, dest: Path) -> None:
 def save_optimized(source: Path, dest: Path, level: int) -> None:
     """Apply ORT's graph optimisations once and save the result, so serving starts need not."""
     if level == 0:
-        shutil.copyfile(source, dest)
+        source.replace(dest)  # moved, not copied: no third copy on disk
         return
     from ember.backends.ort_session import create_session
 
     create_session(source, threads=1, level=level, save_to=dest)
 
 
-def externalize(source: Path, dest: Path) -> None:
-    """Save the self-contained graph `source` as `dest` plus `DATA_FILE` beside it, each
-    initializer of `DATA_MIN_BYTES` or more at a `DATA_ALIGNMENT` boundary of the data file."""
+def externalize(source: Path, dest: Path, *, consume: bool = False) -> None:
+    """Save the graph `source` as `dest` plus `DATA_FILE` beside it, each initializer of
+    `DATA_MIN_BYTES` or more at a `DATA_ALIGNMENT` boundary of the data file. With `consume`,
+    `source`'s folder is deleted once the graph is in memory, before anything is written."""
     import onnx
     from onnx.external_data_helper import set_external_data
 
     model = onnx.load(str(source))
+    if consume:
+        shutil.rmtree(source.parent)
     offset = 0
     with (dest.parent / DATA_FILE).open("wb") as data:
         for tensor in model.graph.initializer:
