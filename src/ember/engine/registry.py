@@ -175,7 +175,8 @@ class Engines:
             await model.stop()
 
     def in_flight(self) -> int:
-        return sum(m.batcher.queued_inputs for m in self.models if m.batcher is not None)
+        """Inputs admitted and not yet answered, over every model."""
+        return sum(m.queued_inputs for m in self.models)
 
     def select(self, task: Task, name: str | None = None) -> ModelEngine:
         """The model for a request: the one `name` names (its served name or an alias); else
