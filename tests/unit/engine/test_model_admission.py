@@ -68,3 +68,20 @@ async def test_tokenising_a_large_input_leaves_the_event_loop_free() -> None:
         assert max(gaps) < took / 2, (max(gaps), took)
     finally:
         await model.stop()
+
+
+async def test_the_heap_is_trimmed_once_large_requests_have_come_and_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trims: list[float] = []
+    monkeypatch.setattr("ember.engine.model.release_free_heap", lambda: trims.append(1.0))
+    monkeypatch.setattr("ember.engine.model._TRIM_AFTER_CHARS", 50_000)
+    model = await _model()
+    try:
+        await model.embed(["small"] * 4)
+        assert trims == []  # little text: no trim
+        await asyncio.gather(model.embed(["word " * 8_000]), model.embed(["word " * 8_000]))
+        await asyncio.sleep(0.1)  # the trim runs on a tokenizer thread
+        assert trims == [1.0]  # once, when the second (last) request finished
+    finally:
+        await model.stop()
