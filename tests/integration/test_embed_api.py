@@ -65,7 +65,8 @@ async def test_openai_float_and_base64_agree() -> None:
 
 
 async def test_unknown_model_name_is_404_in_openai_shape() -> None:
-    async with running_app(FakeFactory()) as (_app, client):
+    # Strict names: otherwise any name selects the one model (issue 14).
+    async with running_app(FakeFactory(), strict_model_names=True) as (_app, client):
         r = await client.post("/v1/embeddings", json={"input": "x", "model": "nope"})
         assert r.status_code == 404
         assert r.json()["error"]["type"] == "not_found_error"
@@ -187,7 +188,8 @@ async def test_a_failing_batch_fails_its_requests_only() -> None:
 
 
 async def test_tokenize_and_info_and_models() -> None:
-    async with running_app(FakeFactory()) as (_app, client):
+    # Pinned buckets: /info must report the configured ones.
+    async with running_app(FakeFactory(), seq_buckets=[16, 64]) as (_app, client):
         tokens = (await client.post("/tokenize", json={"inputs": "Hello world"})).json()
         assert [t["text"] for t in tokens[0]] == ["[CLS]", "Hello", "world", "[SEP]"]
         assert tokens[0][0]["special"] is True and tokens[0][1]["start"] == 0

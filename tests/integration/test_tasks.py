@@ -1,6 +1,6 @@
 """Rerank and classify through the whole app, against transformers and sentence-transformers.
 
-Tiny real models (tests/tiny_models.py) run on the real backends; every score the routes return
+Tiny real models (ember.bench.tiny_models) run on the real backends; every score the routes return
 must equal the reference computed on the same weights (fp32, max abs diff ≤ 1e-4).
 """
 
@@ -14,6 +14,13 @@ import pytest
 
 from ember.backends.base import Batch, FloatArray
 from ember.backends.loader import create_backend
+from ember.bench.tiny_models import (
+    CLASSIFY_LABELS,
+    build_reranker,
+    reference_logits,
+    sigmoid,
+    softmax,
+)
 from ember.engine.warmup import plan_shapes
 from ember.http.app import app_state
 from ember.models import ModelSpec
@@ -21,13 +28,6 @@ from ember.settings import Settings
 from tests.conftest import running_app
 from tests.corpus import PARITY_TEXTS
 from tests.integration.conftest import MAX_LENGTH, QUERY, TOL, by_index, by_label
-from tests.tiny_models import (
-    CLASSIFY_LABELS,
-    build_reranker,
-    reference_logits,
-    sigmoid,
-    softmax,
-)
 
 pytestmark = pytest.mark.anyio
 

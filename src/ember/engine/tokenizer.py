@@ -104,25 +104,41 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._plain.decode(ids)
 
-    def text_of_length(self, tokens: int, *, seed: str, pair: bool = False) -> Item:
-        """A text (or pair) that encodes to exactly `tokens` tokens, for warm-up."""
-        special = len(self._plain.encode("", add_special_tokens=True).ids)
-        if pair:
-            special = len(self._plain.encode("", "", add_special_tokens=True).ids)
-        need = max(tokens - special, 0)
-        words = (seed + " ") * (need // 4 + 8)
-        ids = self._plain.encode(words, add_special_tokens=False).ids
-        while len(ids) < need:
-            words += words
-            ids = self._plain.encode(words, add_special_tokens=False).ids
-        if pair:
-            half = need // 2
-            return (self.decode(ids[:half]), self.decode(ids[half:need]))
-        return self.decode(ids[:need])
+    def shortest(self, *, pair: bool) -> int:
+        """Tokens of the shortest input: an empty text (or pair of empty texts), which is
+        its special tokens alone ([CLS] [SEP] = 2; XLM-R's `<s></s></s></s>` pair = 4)."""
+        return len(self._plain.encode("", "" if pair else None, add_special_tokens=True).ids)
+
+    def of_length(self, tokens: int, *, pair: bool, seed: str) -> Encoded:
+        """An input of exactly `tokens` tokens (≥ `shortest(pair=pair)`), for warm-up: the
+        seed's token ids cut to length and wrapped in the model's special tokens, so that no
+        text is decoded and re-encoded (which can add or merge pieces)."""
+        empty = self._plain.encode("", add_special_tokens=False)
+        specials = len(self._plain.post_process(empty, empty if pair else None).ids)
+        need = tokens - specials
+        if need < 0:
+            raise ValueError(f"no input is {tokens} tokens long: the special tokens alone are more")
+        first = self._content(need - need // 2 if pair else need, seed)
+        second = self._content(need // 2, seed) if pair else None
+        enc = self._plain.post_process(first, second, add_special_tokens=True)
+        if len(enc.ids) != tokens:  # a post-processor that adds tokens per content token
+            raise ValueError(f"the model's tokenizer makes {len(enc.ids)} tokens, not {tokens}")
+        return Encoded(ids=enc.ids, type_ids=enc.type_ids)
+
+    def _content(self, tokens: int, seed: str) -> Encoding:
+        """`tokens` content tokens (no special tokens) from `seed` repeated."""
+        text = seed
+        enc = self._plain.encode(text, add_special_tokens=False)
+        while len(enc.ids) < tokens:
+            if not enc.ids:
+                raise ValueError(f"the warm-up seed {seed!r} gives no tokens")
+            text = f"{text} {text}"
+            enc = self._plain.encode(text, add_special_tokens=False)
+        enc.truncate(tokens)
+        return enc
 
 
 # --- token ids from clients (http's `/decode` and token-id inputs) ---------------------------
-# Module functions rather than methods so the engine split can adopt them without a conflict.
 
 
 def vocab_size(tokenizer: TextTokenizer) -> int:
