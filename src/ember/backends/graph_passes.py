@@ -111,7 +111,9 @@ def _run_fusions(spec: ModelSpec, ort_type: str, source: Path, dest: Path) -> di
         after = Counter(n.op_type for n in model.model.graph.node if n.domain == _CONTRIB)
         ops = {op: n - before[op] for op, n in after.items() if n > before[op]}
         if ops:
-            model.save_model_to_file(str(dest))
+            # External data always: one path for every size (over 2 GB a graph cannot be one
+            # protobuf: "Failed to serialize proto").
+            model.save_model_to_file(str(dest), use_external_data_format=True)
     return ops
 
 
@@ -161,6 +163,7 @@ def quantize(source: Path, dest: Path) -> None:
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 op_types_to_quantize=["MatMul", "Attention"],
+                use_external_data_format=True,  # as the other passes: any size
                 # ORT's shape inference cannot type the outputs of fused contrib ops; they are
                 # all float here. (Its "pre-processing" fixes that too, at 5 s more.)
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},

@@ -478,3 +478,41 @@ def test_non_bert_families_get_their_fusions_recorded(  # noqa: PLR0917 - parame
     assert manifest.fusion is not None
     assert (manifest.fusion.model_type, manifest.fusion.fused) == (ort_type, fused)
     assert manifest.verify["min_cosine"] > 0.9999
+
+
+# --- large models: external data through every pass ---------------------------------------------
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_every_pass_reads_and_writes_external_data(
+    quantize: str, tiny_plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a model over 2 GB goes through, forced on a tiny one: the exporter writes each
+    weight to a file of its own (as torch does past the protobuf limit), and every later pass
+    must read that and write its own graph with external data."""
+    import onnx
+
+    real_export, real_advance = export._export, export._advance
+    stages: dict[str, list[str]] = {}
+
+    def export_like_a_large_model(*args: Any, path: Path, **kwargs: Any) -> None:
+        real_export(*args, path=path, **kwargs)
+        model = onnx.load(str(path))
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=False)
+
+    def advance(graph: Path, stage: Path) -> Path:
+        stages[graph.parent.name] = sorted(p.name for p in graph.parent.iterdir())
+        stages[stage.name] = sorted(p.name for p in stage.iterdir())
+        return real_advance(graph, stage)
+
+    monkeypatch.setattr(export, "_export", export_like_a_large_model)
+    monkeypatch.setattr(export, "_advance", advance)
+    settings = Settings(cache_dir=tmp_path, threads=1, quantize=quantize)
+    path, manifest = ensure_artifact(inspect_model(str(tiny_plain)), settings)
+    assert len(stages["exported"]) > 10  # model.onnx and one file per weight
+    for stage in ("fused", "int8" if quantize == "int8" else "optimized"):
+        assert stages[stage] == ["model.onnx", "model.onnx.data"], stage
+    assert manifest.fusion is not None
+    assert manifest.fusion.fused
+    assert manifest.verify["min_cosine"] > (0.99 if quantize == "int8" else 0.9999)
+    assert serve(path, settings).run(BATCH).shape == (2, tiny_models.HIDDEN)
