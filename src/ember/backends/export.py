@@ -27,6 +27,7 @@ from ember.manifest import (
     DATA_FILE,
     MANIFEST_NAME,
     MODEL_FILE,
+    Fusion,
     Manifest,
     Options,
     file_sha256,
@@ -94,11 +95,11 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
     # reference outputs computed above).
     del module
     gc.collect()
-    fused = False
+    fusion = Fusion(fused=False)
     if options.optimize > 0:
         with step("fuse transformer ops"):
-            fused = fuse(spec, graph, _stage(work, "fused"))
-            if fused:
+            fusion = fuse(spec, graph, _stage(work, "fused"))
+            if fusion.fused:
                 graph = _advance(graph, work / "fused")
     if options.quantize == "int8":
         with step("quantise to int8"):
@@ -138,7 +139,8 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
             data_size=(out / DATA_FILE).stat().st_size,
             inputs=inputs,
             output=_output_name(spec),
-            fused=fused,
+            fused=fusion.fused,
+            fusion=fusion,
             versions=_versions(),
             verify=verify,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
