@@ -1,6 +1,8 @@
-"""Tiny BERT models for tests and benchmarks: seeded random weights, a real config, a real
-tokenizer.
+"""Tiny models for tests and benchmarks: seeded random weights, a real config, a real tokenizer.
 
+The BERT builders reuse the built-in model's tokenizer; `build_family` writes one model per family
+TEI serves (`FAMILIES`: BERT, XLM-R, RoBERTa, DistilBERT, MPNet, ModernBERT, DeBERTa-v2, Qwen3,
+Dense, SPLADE, cross-encoders, classifiers), each with its own tokenizer class built offline.
 Every builder writes a complete model folder that transformers, sentence-transformers and ember
 can all load offline, each in well under a second once torch is imported. Weights are drawn
 wider than BERT's default so that scores differ visibly between inputs: parity and ordering checks
