@@ -19,13 +19,10 @@ from ember.http.app import app_state, create_app
 from ember.settings import Settings
 from tests.fakes import FakeFactory
 
-FAST = {
-    "max_batch_tokens": 512,
-    "max_batch_requests": 8,
-    "seq_buckets": [16, 64],
-    "max_input_length": 128,
-}
-"""Small buckets, so warm-up in tests takes milliseconds with a fake backend."""
+FAST = {"max_input_length": 128}
+"""Default settings but one: tiny-model references truncate at 128 tokens alike
+(tests/integration/conftest.py `MAX_LENGTH`). Buckets stay at their defaults: pinning them
+hid a warm-up that could not become ready on real rerankers (issue 13)."""
 
 
 @pytest.fixture

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from typing import NoReturn
 
 from ember import logs
 from ember.settings import Settings
@@ -27,7 +30,17 @@ def serve(settings: Settings) -> int:
     from ember.http.serving import run
 
     run(create_app(settings, engines=engines), settings)
-    return 0
+    return exit_now(0)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Leave once serving has ended, without joining worker threads: every request has been
+    answered, but an inference or tokenizer thread may still be inside a long batch, and
+    interpreter teardown (which joins them) would push the exit past the shutdown budget."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _serve_reload(settings: Settings) -> int:

@@ -182,13 +182,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def deployment(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """`ember deploy k8s` sized from one local start of the server the tests run."""
-    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("yaml")
+    from ember.deploy.kustomize import build
+
     out = tmp_path_factory.mktemp("k8s")
     code = deploy.main(
-        ["k8s", "--runs", "1", "--out", str(out), "--", "--model", str(tiny_model), *FAST]
-    )
+        ["k8s", "--runs", "1", "--cold-runs", "0", "--out", str(out),
+         "--", "--model", str(tiny_model), *FAST]
+    )  # fmt: skip
     assert code == 0
-    manifest: dict[str, Any] = yaml.safe_load((out / "deployment.yaml").read_text())
+    (manifest,) = [doc for doc in build(out) if doc["kind"] == "Deployment"]
     return manifest
 
 

@@ -98,7 +98,7 @@ def test_tei_embed_matches_sentence_transformers(server: Server, reference: np.n
     [
         (b"{oops", 422),
         ({"inputs": []}, 422),
-        ({"inputs": ["x"] * 65}, 413),
+        ({"inputs": ["x"] * 2049}, 413),
         ({"inputs": "word " * 400, "truncate": False}, 422),
         ({"inputs": "x", "dimensions": 0}, 422),
         ({"inputs": "x" * 100_000}, 200),
