@@ -20,15 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ember.bench.tiny_models import (
-    CLASSIFY_LABELS,
-    FAMILIES,
-    FAMILY_MAX_LENGTH,
-    Family,
-    reference_embeddings,
-    reference_logits,
-    reference_sparse,
-)
+from ember.bench.tiny_families import FAMILIES, FAMILY_MAX_LENGTH, Family, reference_sparse
+from ember.bench.tiny_models import CLASSIFY_LABELS, reference_embeddings, reference_logits
 from tests.e2e.conftest import Server, get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

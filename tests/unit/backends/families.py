@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ember.backends.base import Batch
+from ember.bench import tiny_models
 from ember.models import Task
-from tests import tiny_models
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert")
 _CLASSES = {
