@@ -138,14 +138,16 @@ def matrix(
         m.close()
 
 
-def check_row(server: Server, family: Family, path: Path) -> None:
-    """One row: the served outputs of `family` equal the reference's on the same weights."""
+def check_row(server: Server, family: Family, path: Path) -> str:
+    """One row: the served outputs of `family` equal the reference's on the same weights;
+    returns the figure compared (worst cosine or largest difference)."""
     name = family.name
     if family.task == "embed":
         vectors = np.array(post(server.url + "/embed", {"inputs": TEXTS, "model": name}))
         expected = reference_embeddings(path, TEXTS, max_length=FAMILY_MAX_LENGTH)
         cos = cosines(vectors, expected)
         assert cos.min() >= COS_MIN, (name, cos)
+        worst = float(cos.min())
         for prompt in family.prompts:
             body = {"inputs": TEXTS, "model": name, "prompt_name": prompt}
             vectors = np.array(post(server.url + "/embed", body))
@@ -154,7 +156,8 @@ def check_row(server: Server, family: Family, path: Path) -> None:
             )
             cos = cosines(vectors, expected)
             assert cos.min() >= COS_MIN, (name, prompt, cos)
-        return
+            worst = min(worst, float(cos.min()))
+        return f"cos min {worst:.6f}"
     if family.task == "sparse":
         # TEI's /embed_sparse: per text, the non-zero (index, value) pairs over the vocabulary.
         rows = post(server.url + "/embed_sparse", {"inputs": TEXTS, "model": name})
@@ -164,7 +167,7 @@ def check_row(server: Server, family: Family, path: Path) -> None:
             for item in row:
                 got[i, item["index"]] = item["value"]
         assert np.abs(got - expected).max() <= SCORE_TOL, name
-        return
+        return f"max abs diff {np.abs(got - expected).max():.2e}"
     if family.task == "rerank":
         body = {"query": QUERY, "texts": TEXTS, "raw_scores": True, "model": name}
         ranked = post(server.url + "/rerank", body)
@@ -173,7 +176,7 @@ def check_row(server: Server, family: Family, path: Path) -> None:
             got[item["index"]] = item["score"]
         logits = reference_logits(path, [QUERY] * len(TEXTS), TEXTS, max_length=FAMILY_MAX_LENGTH)
         assert np.abs(got - logits[:, 0]).max() <= SCORE_TOL, (name, got, logits[:, 0])
-        return
+        return f"max abs diff {np.abs(got - logits[:, 0]).max():.2e}"
     predictions = post(
         server.url + "/predict", {"inputs": TEXTS, "raw_scores": True, "model": name}
     )
@@ -185,6 +188,7 @@ def check_row(server: Server, family: Family, path: Path) -> None:
     )
     logits = reference_logits(path, TEXTS, max_length=FAMILY_MAX_LENGTH)
     assert np.abs(got - logits).max() <= SCORE_TOL, (name, got, logits)
+    return f"max abs diff {np.abs(got - logits).max():.2e}"
 
 
 def test_long_text_is_over_every_max_length(tiny_families: dict[str, Path]) -> None:
@@ -224,7 +228,8 @@ def test_family_matches_reference(
             server.stop()
         return
     server = matrix.server(backend)
-    check_row(server, FAMILIES[name], tiny_families[name])
+    figure = check_row(server, FAMILIES[name], tiny_families[name])
+    print(f"matrix row {backend} {name}: {figure}")
     if backend == "torch":
         (info,) = (m for m in get(server.url + "/info")[1]["models"] if m["model_id"] == name)
         # transformers refuses SDPA for MPNet and DeBERTa-v2; everything else gets it.
