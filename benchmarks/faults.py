@@ -10,7 +10,9 @@ sockets from the moment of spawn: the time to the first 200, and what `/ready` s
 `faults`: each case starts a server, applies one fault while clients send requests, and
 counts what the clients got. A request is *lost* when it got anything but a 200 or a JSON 503
 with Retry-After (a 500, a text/plain answer, a reset, no answer). *held* is whether the
-server kept its contract (answers, exit time, /ready) through the fault.
+server kept its contract (answers, exit time, memory, /ready) through the fault. The worker
+cases send one request at a time (a new connection each) from the fault until `/ready` is 200
+again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,300 @@ def probes(runs: int, args: list[str], logs: Path) -> None:
     )
 
 
+# --- faults ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    fault: str
+    tried: int
+    held: bool
+    lost: int
+    note: str
+
+
+async def request(
+    port: int, body: bytes, *, send_body: int | None = None, path: str = "/embed"
+) -> tuple[int, str]:
+    """(status, content-type) of one POST on its own connection; (0, why) without an answer."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        ).encode()
+        writer.write(head + body[:send_body])
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(-1), 60)
+        writer.close()
+    except (OSError, TimeoutError) as exc:
+        return 0, type(exc).__name__
+    if not raw:
+        return 0, "closed"
+    head_raw = raw.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    kind = "application/json" if "content-type: application/json" in head_raw else "other"
+    retry = "retry-after:" in head_raw
+    status = int(head_raw.split()[1])
+    return status, kind if status != 503 or retry else "503 without retry-after"
+
+
+def bad(answers: list[tuple[int, str]]) -> int:
+    """Answers outside the contract: anything but a 200 or a JSON 503 with Retry-After."""
+    return sum(not (s in (200, 503) and k == "application/json") for s, k in answers)
+
+
+def texts(n: int) -> bytes:
+    return json.dumps({"inputs": [LONG] * n}).encode()
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while raw_get(port, "/ready")[0] != 200:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("server never ready")
+        time.sleep(0.05)
+
+
+async def signal_under_load(
+    port: int, proc: subprocess.Popen[bytes], *, n: int, per: int, sigs: list[tuple[float, int]]
+) -> tuple[list[tuple[int, str]], float]:
+    calls = [asyncio.ensure_future(request(port, texts(per))) for _ in range(n)]
+    last = time.monotonic()
+    for delay, sig in sigs:
+        await asyncio.sleep(delay)
+        proc.send_signal(sig)
+        last = time.monotonic()
+    answers = await asyncio.gather(*calls)
+    await asyncio.to_thread(proc.wait, 30)
+    return answers, time.monotonic() - last
+
+
+def shutdown_case(
+    logs: Path,
+    name: str,
+    timeout: float,
+    *,
+    n: int,
+    per: int,
+    sigs: list[tuple[float, int]],
+    budget: float,
+) -> Row:
+    port = free_port()
+    proc = spawn(
+        port,
+        "--shutdown-timeout",
+        str(timeout),
+        "--max-concurrent-requests",
+        "100000",
+        log=logs / f"{name}.log",
+    )
+    try:
+        wait_ready(port, proc)
+        answers, exited = asyncio.run(signal_under_load(port, proc, n=n, per=per, sigs=sigs))
+    finally:
+        stop(proc)
+    lost = bad(answers)
+    ok = sum(s == 200 for s, _ in answers)
+    held = lost == 0 and exited <= budget and proc.returncode == 0
+    return Row(
+        name,
+        n,
+        held,
+        lost,
+        f"{ok} x 200, {n - ok - lost} x JSON 503; exit {exited:.2f} s after the last signal "
+        f"(budget {budget:g} s)",
+    )
+
+
+def partial_body_case(logs: Path) -> Row:
+    port = free_port()
+    proc = spawn(port, "--shutdown-timeout", "1", log=logs / "partial-body.log")
+    try:
+        wait_ready(port, proc)
+
+        async def scenario() -> tuple[tuple[int, str], float]:
+            body = texts(1)
+            held = asyncio.ensure_future(request(port, body, send_body=len(body) // 2))
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            answer = await held
+            await asyncio.to_thread(proc.wait, 30)
+            return answer, time.monotonic() - signalled
+
+        answer, exited = asyncio.run(scenario())
+    finally:
+        stop(proc)
+    lost = bad([answer])
+    return Row(
+        "SIGTERM, a client holding a partial body",
+        1,
+        lost == 0 and exited <= 2,
+        lost,
+        f"answer {answer[0]}; exit {exited:.2f} s (budget 2 s)",
+    )
+
+
+def abuse_case(logs: Path) -> list[Row]:
+    port = free_port()
+    proc = spawn(
+        port,
+        "--api-key",
+        "k",
+        "--http-header-timeout",
+        "1",
+        "--http-body-timeout",
+        "1",
+        log=logs / "abuse.log",
+    )
+    rows = []
+    try:
+        wait_ready(port, proc)
+        rss0 = _rss(proc.pid)
+
+        async def endless(piece: bytes, count: int) -> int:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"POST /embed HTTP/1.1\r\nhost: x\r\n")
+                for _ in range(count):
+                    writer.write(piece)
+                    await writer.drain()
+            except OSError:
+                pass
+            try:
+                raw = await asyncio.wait_for(reader.read(-1), 10)
+            except (OSError, TimeoutError):
+                return 0
+            return int(raw.split()[1]) if raw else 0
+
+        for name, piece, count in [
+            ("an 8 MB header line", b"x-big: " + b"a" * (8 * 2**20), 1),
+            ("100,000 headers", b"x-h: v\r\n" * 1000, 100),
+            ("20 endless heads at once", b"a" * 65536, 200),
+        ]:
+            conns = 20 if name.startswith("20") else 1
+            statuses = asyncio.run(_gather(endless(piece, count) for _ in range(conns)))
+            grown = (_rss(proc.pid) - rss0) / 2**20
+            alive = raw_get(port, "/health")[0] == 200
+            rows.append(
+                Row(
+                    name,
+                    conns,
+                    alive and grown < 50 and 431 in statuses,
+                    0,
+                    f"answers {sorted(set(statuses))} (0: reset after the refusal); "
+                    f"RSS +{grown:.0f} MB",
+                )
+            )
+        started = time.monotonic()
+        slow = asyncio.run(_gather([endless(b"x-a: b\r\n", 1)]))
+        rows.append(
+            Row(
+                "a head that never ends (slowloris)",
+                1,
+                slow == [408],
+                0,
+                f"{slow[0]} after {time.monotonic() - started:.1f} s (timeout 1 s)",
+            )
+        )
+    finally:
+        stop(proc)
+    return rows
+
+
+async def _gather(calls: Any) -> list[int]:
+    return list(await asyncio.gather(*calls))
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def worker_case(logs: Path, fault: signal.Signals) -> Row:
+    port = free_port()
+    proc = spawn(
+        port,
+        "--workers",
+        "2",
+        "--worker-heartbeat-timeout",
+        "1",
+        "--shutdown-timeout",
+        "1",
+        log=logs / f"workers-{fault.name}.log",
+    )
+    try:
+        wait_ready(port, proc, timeout=180)
+        children = [
+            int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
+        os.kill(children[0], fault)
+        faulted = time.monotonic()
+
+        async def load() -> tuple[list[tuple[int, str]], float]:
+            answers = []
+            back = 0.0
+            while time.monotonic() - faulted < 60:
+                answers.append(await request(port, b'{"inputs": "a short text"}'))
+                status, _ = await asyncio.to_thread(raw_get, port, "/ready")
+                if status == 200 and time.monotonic() - faulted > 1.5:
+                    back = time.monotonic() - faulted
+                    break
+            return answers, back
+
+        answers, back = asyncio.run(load())
+    finally:
+        stop(proc)
+    lost = bad(answers)
+    refused = sum(a == (503, "application/json") for a in answers)
+    return Row(
+        f"--workers 2, {fault.name} one worker",
+        len(answers),
+        back > 0,
+        lost,
+        f"replaced, /ready 200 again after {back:.1f} s; {refused} x JSON 503 (from the "
+        f"replacement while it warms); lost: {sorted({a for a in answers if a[0] == 0})}",
+    )
+
+
+def faults(logs: Path) -> None:
+    rows = [
+        shutdown_case(
+            logs,
+            "SIGTERM, 128 queued, --shutdown-timeout 1",
+            1,
+            n=128,
+            per=4,
+            sigs=[(0.5, signal.SIGTERM)],
+            budget=2,
+        ),
+        shutdown_case(
+            logs,
+            "SIGINT twice (finish now), 64 queued",
+            30,
+            n=64,
+            per=4,
+            sigs=[(0.5, signal.SIGINT), (0.7, signal.SIGINT)],
+            budget=1,
+        ),
+        shutdown_case(
+            logs, "SIGHUP, 8 in flight", 20, n=8, per=2, sigs=[(0.3, signal.SIGHUP)], budget=21
+        ),
+        partial_body_case(logs),
+        *abuse_case(logs),
+        worker_case(logs, signal.SIGKILL),
+        worker_case(logs, signal.SIGSTOP),
+    ]
+    print("| fault | tried | held | requests lost | notes |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows:
+        held = "yes" if row.held else "NO"
+        print(f"| {row.fault} | {row.tried} | {held} | {row.lost} | {row.note} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,10 +416,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         faults(ns.logs)
     return 0
-
-
-def faults(logs: Path) -> None:
-    raise NotImplementedError
 
 
 if __name__ == "__main__":
