@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
-from typing import NoReturn
 
 from ember import logs
 from ember.settings import Settings
@@ -35,17 +32,7 @@ def serve(settings: Settings) -> int:
     # The socket `python -m ember` bound before importing anything heavy, if it did.
     sock = early.take(host=settings.host, port=settings.port)
     run(app, settings, sockets=[sock] if sock else None)
-    return exit_now(0)
-
-
-def exit_now(code: int) -> NoReturn:
-    """Leave once serving has ended, without joining worker threads: every request has been
-    answered, but an inference or tokenizer thread may still be inside a long batch, and
-    interpreter teardown (which joins them) would push the exit past the shutdown budget."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return logs.exit_now(0)
 
 
 def _serve_reload(settings: Settings) -> int:

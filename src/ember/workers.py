@@ -379,9 +379,8 @@ def worker_main(argv: list[str]) -> int:
     sock.listen(_BACKLOG)
     gate = ReadyGate(app, engines=engines, index=index, workers=workers, state=state)
     server(app, settings, outer=gate).run(sockets=[sock])
-    from ember.server import exit_now
 
-    return exit_now(0)
+    return logs.exit_now(0)
 
 
 if __name__ == "__main__":

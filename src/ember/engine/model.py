@@ -19,9 +19,17 @@ from ember.engine.batcher import Batcher
 from ember.engine.buckets import Buckets
 from ember.engine.heap import release_free_heap
 from ember.engine.loaded import BackendFactory, LoadedModel, load_model
-from ember.engine.tokenizer import Direction, Encoded, Item, TextTokenizer
+from ember.engine.tokenizer import (
+    Direction,
+    Encoded,
+    Item,
+    TextTokenizer,
+    check_ids,
+    encode_ids,
+    vocab_size,
+)
 from ember.engine.warmup import WarmupReport, choose_plan, warm_up
-from ember.errors import NotReady, WrongTask
+from ember.errors import InvalidInput, NotReady, WrongTask
 from ember.lifecycle import Lifecycle, Stage
 from ember.models import ModelSpec, Task
 from ember.settings import Settings
@@ -176,6 +184,17 @@ class ModelEngine:
                 if loaded.admission.inputs == held.inputs:  # the last request held: idle next
                     self._trim_if_due()
 
+    async def _infer_ids(
+        self, rows: list[list[int]], *, truncate: bool, direction: Direction
+    ) -> Result:
+        """Token-id inputs: checked against the vocabulary, admitted by their length and run
+        as given (never decoded and re-encoded), truncated like text."""
+        loaded = self.loaded
+        check_ids(rows, vocab=vocab_size(loaded.tokenizer))
+        encoded = encode_ids(loaded.tokenizer, rows, truncate=truncate, direction=direction)
+        with loaded.admission.held(inputs=len(encoded), work=sum(e.length for e in encoded)):
+            return await self._run(encoded)
+
     def _trim_if_due(self) -> None:
         """Trim the heap on a tokenizer thread once large requests have come and gone."""
         if self._chars_since_trim >= _TRIM_AFTER_CHARS:
@@ -236,6 +255,25 @@ class ModelEngine:
         rows = postprocess.embeddings(result.rows, dimensions=dimensions, normalize=normalize)
         return Result(rows=rows, tokens=result.tokens, timings=result.timings)
 
+    async def embed_ids(
+        self,
+        rows: list[list[int]],
+        *,
+        normalize: bool = True,
+        truncate: bool | None = None,
+        direction: Direction = "right",
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Result:
+        """`embed` for token-id inputs (OpenAI's and TEI's `list[int]` forms)."""
+        self.require(Task.EMBED)
+        if prompt_name is not None:
+            raise InvalidInput("`prompt_name` applies to text; token-id inputs are used as given")
+        postprocess.check_dimensions(dimensions, self.width)
+        result = await self._infer_ids(rows, truncate=self._truncate(truncate), direction=direction)
+        out = postprocess.embeddings(result.rows, dimensions=dimensions, normalize=normalize)
+        return Result(rows=out, tokens=result.tokens, timings=result.timings)
+
     async def rerank(
         self,
         query: str,
@@ -264,6 +302,20 @@ class ModelEngine:
         result = await self._infer(items, truncate=self._truncate(truncate), direction=direction)
         rows = postprocess.class_scores(result.rows, raw=raw_scores)
         return Result(rows=rows, tokens=result.tokens, timings=result.timings)
+
+    async def classify_ids(
+        self,
+        rows: list[list[int]],
+        *,
+        raw_scores: bool = False,
+        truncate: bool | None = None,
+        direction: Direction = "right",
+    ) -> Result:
+        """`classify` for token-id inputs."""
+        self.require(Task.CLASSIFY)
+        result = await self._infer_ids(rows, truncate=self._truncate(truncate), direction=direction)
+        out = postprocess.class_scores(result.rows, raw=raw_scores)
+        return Result(rows=out, tokens=result.tokens, timings=result.timings)
 
     def _truncate(self, truncate: bool | None) -> bool:
         return self.settings.auto_truncate if truncate is None else truncate

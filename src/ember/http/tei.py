@@ -13,10 +13,10 @@ from starlette.responses import Response
 
 from ember import __version__
 from ember.engine.model import ModelEngine
-from ember.engine.tokenizer import Item, decode_ids, vocab_size
+from ember.engine.tokenizer import Item, check_ids, decode_ids, vocab_size
 from ember.errors import NotReady, WrongTask
-from ember.http import ids, shaping, table
 from ember.http import schemas as s
+from ember.http import shaping, table
 from ember.http.deps import EnginesDep, SettingsDep, on
 from ember.http.errors import TEI_ERRORS
 from ember.http.shaping import JSON
@@ -56,8 +56,7 @@ def _headers(result: Any, items: Sequence[Item]) -> dict[str, str]:
 async def embed_rows(model: ModelEngine, req: s.EmbedRequest, *, limit: int) -> Response:
     texts, id_rows = shaping.split_inputs(req.inputs, limit=limit)
     if id_rows:
-        by_id = await ids.embed(
-            model,
+        by_id = await model.embed_ids(
             id_rows,
             normalize=req.normalize,
             truncate=req.truncate,
@@ -99,8 +98,7 @@ async def predict_response(model: ModelEngine, req: s.PredictRequest, *, limit: 
     if isinstance(inputs, list) and inputs and not _textual(inputs):
         id_rows = shaping.id_rows(inputs)  # type: ignore[arg-type]
         shaping.as_list([""] * len(id_rows), limit=limit)  # the same count limit as texts
-        by_id = await ids.classify(
-            model,
+        by_id = await model.classify_ids(
             id_rows,
             raw_scores=req.raw_scores,
             truncate=req.truncate,
@@ -218,7 +216,7 @@ async def decode(req: s.DecodeRequest, engines: EnginesDep) -> Response:
     if model.tokenizer is None or model.lifecycle.stage in (Stage.STARTING, Stage.LOADING):
         raise NotReady(f"model {model.spec.name!r} is {model.lifecycle.stage.value}")
     rows = shaping.id_rows(req.ids)
-    shaping.check_ids(rows, vocab=vocab_size(model.tokenizer))
+    check_ids(rows, vocab=vocab_size(model.tokenizer))
     skip = req.skip_special_tokens
     return JSON([decode_ids(model.tokenizer, ids, skip_special_tokens=skip) for ids in rows])
 
