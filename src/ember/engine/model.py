@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -180,7 +181,8 @@ class ModelEngine:
         """Trim the heap on a tokenizer thread once large requests have come and gone."""
         if self._chars_since_trim >= _TRIM_AFTER_CHARS:
             self._chars_since_trim = 0
-            self._tokenize_pool.submit(release_free_heap)
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: stopping anyway
+                self._tokenize_pool.submit(release_free_heap)
 
     async def tokenize(
         self, items: list[Item], *, add_special_tokens: bool = True
