@@ -13,10 +13,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from ember.bench import tiny_models
+from ember.bench.tiny_families import build_families
 from ember.engine.registry import BackendFactory
 from ember.http.app import app_state, create_app
 from ember.settings import Settings
-from tests import tiny_models
 from tests.fakes import FakeFactory
 
 FAST = {"max_input_length": 128}
@@ -82,3 +83,9 @@ def tiny_classifier(tiny_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_dir: Path) -> Path:
     return tiny_models.build_embedder(tiny_dir / "embedder")
+
+
+@pytest.fixture(scope="session")
+def tiny_families(tiny_dir: Path) -> dict[str, Path]:
+    """One tiny model folder per family of the matrix (`tiny_families.FAMILIES`), built once."""
+    return build_families(tiny_dir / "families")

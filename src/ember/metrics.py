@@ -1,7 +1,8 @@
 """Every Prometheus metric ember exports, defined once. Engine and lifecycle record; http serves.
 
-`prime()` creates every labelled series up front, so `/metrics` is complete before the first
-request (TEI's is empty until then).
+`prime()` and `prime_routes()` create every labelled series up front, so `/metrics` is complete
+before the first request (TEI's is empty until then). The routes come from the HTTP layer's route
+table, so this module imports nothing from `http`.
 """
 
 from __future__ import annotations
@@ -11,15 +12,6 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Gauge, Histogram
 
 STAGES = ("starting", "loading", "warming", "ready", "failed", "draining")
-ROUTES = (
-    "/embed",
-    "/v1/embeddings",
-    "/rerank",
-    "/v1/rerank",
-    "/predict",
-    "/",
-    "/tokenize",
-)
 STATUSES = ("200", "401", "413", "422", "424", "429", "499", "500", "503")
 TASKS = ("embed", "rerank", "classify")
 PHASES = ("queue", "tokenize", "inference", "total")
@@ -83,13 +75,9 @@ def set_stage(model: str, stage: str) -> None:
 
 
 def prime(models: Iterable[tuple[str, str]]) -> None:
-    """Create every series for these (model name, task) pairs, and the route/status grid."""
+    """Create every series for these (model name, task) pairs."""
     for kind in ERROR_KINDS:
         FAILURES.labels(kind=kind)
-    for route in ROUTES:
-        for task in TASKS:
-            for status in STATUSES:
-                REQUESTS.labels(route=route, task=task, status=status)
     for model, task in models:
         LOAD_SECONDS.labels(model=model)
         WARMUP_SECONDS.labels(model=model)
@@ -102,3 +90,11 @@ def prime(models: Iterable[tuple[str, str]]) -> None:
             REQUEST_LATENCY.labels(model=model, phase=phase)
         for stage in STAGES:
             STAGE_SECONDS.labels(model=model, stage=stage)
+
+
+def prime_routes(routes: Iterable[str]) -> None:
+    """Create the request series of every (route, task, status) for these inference routes."""
+    for route in routes:
+        for task in TASKS:
+            for status in STATUSES:
+                REQUESTS.labels(route=route, task=task, status=status)

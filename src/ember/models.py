@@ -5,24 +5,20 @@ Reads JSON config files only (no torch, no transformers), so it is cheap on the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ember.errors import ModelError
+from ember.manifest import MANIFEST_NAME, load_manifest
+from ember.tasks import Task
+
+__all__ = ["BUILTIN", "BUILTIN_NAME", "ModelSpec", "Task", "inspect_model", "resolve_path"]
 
 BUILTIN = "builtin"
 BUILTIN_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-class Task(StrEnum):
-    EMBED = "embed"
-    RERANK = "rerank"
-    CLASSIFY = "classify"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,6 +209,9 @@ def _sentence_transformers_layout(path: Path) -> tuple[str | None, bool, int | N
     dimension: int | None = None
     for module in modules:
         kind = str(module.get("type", ""))
+        if kind.endswith("SpladePooling"):
+            # Read as a Pooling config it looks like mean pooling: wrong vectors, no error.
+            raise ModelError(f"{path}: SPLADE (sparse) models are not supported yet")
         if kind.endswith("Pooling"):
             cfg = _read_json(path / module.get("path", "") / "config.json")
             found = cfg.get("embedding_dimension", cfg.get("word_embedding_dimension"))
@@ -274,11 +273,8 @@ def _inspect(
     source: str, *, name: str | None, pooling: str | None, max_input_length: int | None
 ) -> ModelSpec:
     path = resolve_path(source)
-    manifest = path / "ember-manifest.json"
-    if manifest.is_file():
-        from ember.backends.artifact import spec_from_artifact
-
-        return spec_from_artifact(path, name=name, max_input_length=max_input_length)
+    if (path / MANIFEST_NAME).is_file():
+        return _spec_from_artifact(path, name=name, max_input_length=max_input_length)
     config = _read_json(path / "config.json")
     if not (path / "tokenizer.json").is_file():
         raise ModelError(f"{path} has no tokenizer.json (a fast tokenizer file is required)")
@@ -322,16 +318,25 @@ def _default_name(source: str, path: Path) -> str:
     return source
 
 
-def folder_digest(path: Path) -> str:
-    """A content hash of a model folder's files (names, sizes and bytes), for artifact keys."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path).as_posix()
-        if rel.startswith(".") or rel.endswith(".md"):
-            continue
-        digest.update(rel.encode())
-        digest.update(str(file.stat().st_size).encode())
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+def _spec_from_artifact(path: Path, *, name: str | None, max_input_length: int | None) -> ModelSpec:
+    """The ModelSpec recorded in an artifact folder's manifest, capped at `max_input_length`."""
+    manifest = load_manifest(path)
+    max_length = manifest.max_length
+    if max_input_length is not None:
+        max_length = min(max_length, max_input_length)
+    return ModelSpec(
+        name=name or manifest.name,
+        source=str(path),
+        path=path,
+        task=manifest.task,
+        max_length=max_length,
+        pooling=manifest.pooling,
+        normalize=manifest.normalize,
+        dimension=manifest.dimension,
+        labels=manifest.labels,
+        architecture=manifest.architecture,
+        model_type=manifest.model_type,
+        hidden_size=manifest.hidden_size,
+        prompts=dict(manifest.prompts),
+        onnx_artifact=True,
+    )

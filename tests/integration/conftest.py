@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests import tiny_models
-from tests.tiny_models import CLASSIFY_LABELS, Floats
+from ember.bench import tiny_models
+from ember.bench.tiny_models import CLASSIFY_LABELS, Floats
 
 TOL = 1e-4
 """Most absolute difference from the reference, fp32."""

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ember.bench.tiny_models import reference_embeddings, reference_logits, sigmoid, softmax
 from tests.conftest import running_app
 from tests.corpus import PARITY_TEXTS
 from tests.integration.conftest import MAX_LENGTH, QUERY, TOL, by_index, by_label
-from tests.tiny_models import reference_embeddings, reference_logits, sigmoid, softmax
 
 pytestmark = pytest.mark.anyio
 

@@ -1,6 +1,6 @@
 """Rerank and classify through the whole app, against transformers and sentence-transformers.
 
-Tiny real models (tests/tiny_models.py) run on the real backends; every score the routes return
+Tiny real models (ember.bench.tiny_models) run on the real backends; every score the routes return
 must equal the reference computed on the same weights (fp32, max abs diff ≤ 1e-4).
 """
 
@@ -14,6 +14,13 @@ import pytest
 
 from ember.backends.base import Batch, FloatArray
 from ember.backends.loader import create_backend
+from ember.bench.tiny_models import (
+    CLASSIFY_LABELS,
+    build_reranker,
+    reference_logits,
+    sigmoid,
+    softmax,
+)
 from ember.engine.warmup import plan_shapes
 from ember.http.app import app_state
 from ember.models import ModelSpec
@@ -21,13 +28,6 @@ from ember.settings import Settings
 from tests.conftest import running_app
 from tests.corpus import PARITY_TEXTS
 from tests.integration.conftest import MAX_LENGTH, QUERY, TOL, by_index, by_label
-from tests.tiny_models import (
-    CLASSIFY_LABELS,
-    build_reranker,
-    reference_logits,
-    sigmoid,
-    softmax,
-)
 
 pytestmark = pytest.mark.anyio
 
@@ -264,10 +264,10 @@ async def test_wrong_task_is_424_naming_the_models_task(
 
 BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [
     ("rerank empty", "/rerank", {"query": "q", "texts": []}, 422),
-    ("rerank too many", "/rerank", {"query": "q", "texts": ["t"] * 33}, 413),
+    ("rerank too many", "/rerank", {"query": "q", "texts": ["t"] * 2049}, 413),
     ("rerank no query", "/rerank", {"texts": ["t"]}, 422),
     ("v1 rerank empty", "/v1/rerank", {"query": "q", "documents": []}, 422),
-    ("v1 rerank too many", "/v1/rerank", {"query": "q", "documents": ["t"] * 33}, 413),
+    ("v1 rerank too many", "/v1/rerank", {"query": "q", "documents": ["t"] * 2049}, 413),
     ("v1 rerank top_n 0", "/v1/rerank", {"query": "q", "documents": ["t"], "top_n": 0}, 422),
     ("root rerank empty", "/", {"query": "q", "texts": []}, 422),
     ("root wrong body", "/", {"inputs": 5}, 422),
@@ -290,8 +290,8 @@ async def test_rerank_bad_requests(tiny_reranker: Path, cache_dir: Path) -> None
 
 BAD_PREDICT: list[tuple[str, Any, int]] = [
     ("empty", [], 422),
-    ("too many texts", ["t"] * 33, 413),
-    ("too many pairs", [["a", "b"]] * 33, 413),
+    ("too many texts", ["t"] * 2049, 413),
+    ("too many pairs", [["a", "b"]] * 2049, 413),
     ("triple", [["a", "b", "c"]], 422),
     ("number", 5, 422),
 ]

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from ember.errors import ModelError
+from ember.manifest import folder_digest
 from ember.models import (
     BUILTIN_NAME,
     Task,
     builtin_path,
-    folder_digest,
     inspect_model,
     parse_model_arg,
     resolve_path,
@@ -587,3 +587,17 @@ def test_folder_digest_follows_content_not_docs(tmp_path: Path) -> None:
     assert folder_digest(folder) == before
     write_json(folder / "config.json", {**BERT, "hidden_size": 64})
     assert folder_digest(folder) != before
+
+
+def test_the_stat_digest_follows_names_sizes_and_mtimes_but_not_docs(tmp_path: Path) -> None:
+    folder = make_model(tmp_path / "m")
+    before = folder_digest(folder, content=False)
+    assert before != folder_digest(folder)  # another recipe, never mistaken for the content hash
+    (folder / "README.md").write_text("docs change nothing", encoding="utf-8")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "lock").write_text("", encoding="utf-8")
+    assert folder_digest(folder, content=False) == before
+    config = folder / "config.json"
+    stat = config.stat()
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert folder_digest(folder, content=False) != before

@@ -7,13 +7,13 @@ torch, transformers and onnx are imported inside these functions, never at modul
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import shutil
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,19 +21,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ember import __version__
-from ember.backends.artifact import (
+from ember.backends.graph_passes import externalize, fuse, quantize, quiet, save_optimized
+from ember.errors import ModelError
+from ember.manifest import (
     DATA_FILE,
     MANIFEST_NAME,
     MODEL_FILE,
+    Fusion,
     Manifest,
     Options,
-    StepFn,
-    artifact_key,
     file_sha256,
+    folder_digest,
     ort_version,
 )
-from ember.errors import ModelError
-from ember.models import ModelSpec, Task, folder_digest
+from ember.models import ModelSpec, Task
 
 if TYPE_CHECKING:
     import torch
@@ -42,10 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ember.backends.artifact")
 
-DATA_ALIGNMENT = 4096
-"""Each external tensor starts at a page boundary, so a mapped tensor shares no page."""
-DATA_MIN_BYTES = 1024
-"""Initializers smaller than this stay inside the graph file (shapes, scalars)."""
+StepFn = Callable[[str], AbstractContextManager[None]]
+"""`with step("export"):` wraps one slow stage, for a progress display or a log line."""
+
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -59,10 +59,6 @@ TOKENIZER_FILES = (
 )
 """Copied when present; only tokenizer.json is required (ember tokenizes with `tokenizers`)."""
 
-# Model types whose encoder ORT's "bert" fusions recognise (attention, embed+layernorm, gelu).
-_BERT_LIKE = frozenset(
-    {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet", "ernie"}
-)
 # Verification thresholds against the torch wrapper on the same inputs.
 _FP32_MIN_COSINE = 0.9999
 _INT8_MIN_COSINE = 0.9
@@ -77,46 +73,52 @@ _VERIFY_ITEMS = (
 )
 
 
-def build(spec: ModelSpec, options: Options, *, out: Path, step: StepFn) -> Manifest:
+def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepFn) -> Manifest:
+    """Build the artifact for `spec` into the empty folder `out`; `key` is its cache key."""
     work = out / "work"
     work.mkdir()
     with step("load the model"):
         module, input_names = _load_wrapper(spec)
         feeds = _sample_feeds(spec, input_names)
+        expected = _reference(module, feeds)
     with step("export to ONNX"):
-        exported = work / "exported.onnx"
+        graph = _stage(work, "exported")
         _export(
             module,
             feeds=feeds,
             names=input_names,
             output=_output_name(spec),
-            path=exported,
+            path=graph,
             opset=options.opset,
         )
-    graph, fused = exported, False
+    # Peak memory: the torch weights are not needed past the export (verify compares with the
+    # reference outputs computed above).
+    del module
+    gc.collect()
+    fusion = Fusion(fused=False)
     if options.optimize > 0:
         with step("fuse transformer ops"):
-            fused_path = work / "fused.onnx"
-            fused = _fuse(spec, exported, fused_path)
-            graph = fused_path if fused else exported
+            fusion = fuse(spec, graph, _stage(work, "fused"))
+            if fusion.fused:
+                graph = _advance(graph, work / "fused")
     if options.quantize == "int8":
         with step("quantise to int8"):
-            quantized = work / "int8.onnx"
-            _quantize(graph, quantized)
-            graph = quantized
+            quantize(graph, _stage(work, "int8"))
+            graph = _advance(graph, work / "int8")
     model_file = out / MODEL_FILE
     with step(f"optimise (ORT level {options.optimize})"):
-        _save_optimized(graph, work / "optimized.onnx", options.optimize)
-        _externalize(work / "optimized.onnx", model_file)
+        save_optimized(graph, _stage(work, "optimized"), options.optimize)
+        graph = _advance(graph, work / "optimized")
+        externalize(graph, model_file, consume=True)
     with step("verify against torch"):
         verify, inputs = _verify(
-            module, feeds, model_file, options=options, embed=spec.task is Task.EMBED
+            expected, feeds, model_file, options=options, embed=spec.task is Task.EMBED
         )
     shutil.rmtree(work)
     with step("write manifest"):
         _copy_tokenizer(spec.path, out)
         manifest = Manifest(
-            key=artifact_key(spec, options),
+            key=key,
             name=spec.name,
             source_path=str(spec.path),
             source_digest=folder_digest(spec.path),
@@ -137,7 +139,8 @@ def build(spec: ModelSpec, options: Options, *, out: Path, step: StepFn) -> Mani
             data_size=(out / DATA_FILE).stat().st_size,
             inputs=inputs,
             output=_output_name(spec),
-            fused=fused,
+            fused=fusion.fused,
+            fusion=fusion,
             versions=_versions(),
             verify=verify,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -146,19 +149,22 @@ def build(spec: ModelSpec, options: Options, *, out: Path, step: StepFn) -> Mani
     return manifest
 
 
+def _stage(work: Path, name: str) -> Path:
+    """The graph file of one pass, in a folder of its own (external data lands beside it)."""
+    folder = work / name
+    folder.mkdir()
+    return folder / "model.onnx"
+
+
+def _advance(graph: Path, stage: Path) -> Path:
+    """Delete the pass input `graph`'s folder once the next pass wrote `stage`: peak disk is
+    then two copies of the weights, never more."""
+    shutil.rmtree(graph.parent)
+    return stage / "model.onnx"
+
+
 def _output_name(spec: ModelSpec) -> str:
     return "embeddings" if spec.task is Task.EMBED else "logits"
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporter's and optimiser's deprecation and tracer chatter (none is actionable
-    by a user); log it at debug instead."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for item in caught:
-        log.debug("prepare: %s: %s", item.category.__name__, item.message)
 
 
 def _load_wrapper(spec: ModelSpec) -> tuple[torch.nn.Module, list[str]]:
@@ -246,7 +252,7 @@ def _export(
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
     dynamic[output] = {0: "batch"}
     try:
-        with _quiet(), torch.inference_mode():
+        with quiet(), torch.inference_mode():
             torch.onnx.export(
                 module,
                 args,
@@ -262,146 +268,30 @@ def _export(
         raise ModelError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _fuse(spec: ModelSpec, source: Path, dest: Path) -> bool:
-    """ORT's transformer fusions (Attention, EmbedLayerNorm, BiasGelu) for BERT-like encoders;
-    False (keep the plain graph) for other architectures or on failure.
+def _reference(module: torch.nn.Module, feeds: dict[str, np.ndarray[Any, Any]]) -> FloatArray:
+    """The torch module's outputs on the sample batch, which the saved graph must reproduce."""
+    import torch
 
-    Not SkipLayerNorm: ORT 1.32's CPU SkipLayerNormalization kernel takes 1.45 ms on 32x48x384
-    where Add + Add + LayerNormalization take 0.5 ms, which made it 28 % of the int8 graph's
-    time (onnx_notes.md). ORT's own SkipLayerNormFusion is disabled too (`create_session`).
-    """
-    if spec.model_type not in _BERT_LIKE:
-        log.info("prepare: no transformer fusions for model type %r", spec.model_type)
-        return False
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    config = json.loads((spec.path / "config.json").read_text(encoding="utf-8"))
-    heads = int(config.get("num_attention_heads", config.get("n_heads", 0)) or 0)
-    hidden = int(config.get("hidden_size", config.get("dim", 0)) or 0)
-    fusions = FusionOptions("bert")
-    fusions.enable_skip_layer_norm = False
-    fusions.enable_bias_skip_layer_norm = False
-    try:
-        with _quiet(), _ort_logs_quiet():
-            model = optimize_model(
-                str(source),
-                model_type="bert",
-                num_heads=heads,
-                hidden_size=hidden,
-                opt_level=0,
-                optimization_options=fusions,
-            )
-            model.save_model_to_file(str(dest))
-    except Exception as exc:
-        log.warning("prepare: transformer fusions failed (%s); keeping the plain graph", exc)
-        return False
-    return True
-
-
-class _DropRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
-@contextmanager
-def _ort_logs_quiet() -> Iterator[None]:
-    """Keep ORT's Python tools' log lines out of the CLI display while they run.
-
-    They log to "onnxruntime.*" loggers and, for the quantiser's pre-processing hint, to the
-    root logger directly, which also calls `basicConfig` when root has no handler; a NullHandler
-    prevents that and a filter on root (it sees only records logged on root itself, not those
-    propagated from ember's loggers) drops the hint.
-    """
-    logger = logging.getLogger("onnxruntime")
-    root = logging.getLogger()
-    level, drop, null = logger.level, _DropRecords(), logging.NullHandler()
-    logger.setLevel(logging.ERROR)
-    root.addFilter(drop)
-    root.addHandler(null)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        root.removeFilter(drop)
-        root.removeHandler(null)
-
-
-def _quantize(source: Path, dest: Path) -> None:
-    """Dynamic int8: s8 weights per output channel, u8 activations quantised at run time.
-
-    Per channel because per-tensor weights lose too much on MiniLM (median cosine to fp32 0.93
-    vs 0.99 over the parity corpus, onnx_notes.md). MatMul and fused Attention only: the
-    embedding Gather is a lookup, quantising it saves memory, not time.
-    """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet(), _ort_logs_quiet():
-        try:
-            quantize_dynamic(
-                str(source),
-                str(dest),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                op_types_to_quantize=["MatMul", "Attention"],
-                # ORT's shape inference cannot type the outputs of fused contrib ops; they are
-                # all float here. (Its "pre-processing" fixes that too, at 5 s more.)
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        except Exception as exc:
-            raise ModelError(f"int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _save_optimized(source: Path, dest: Path, level: int) -> None:
-    """Apply ORT's graph optimisations once and save the result, so serving starts need not."""
-    if level == 0:
-        shutil.copyfile(source, dest)
-        return
-    from ember.backends.onnx_backend import create_session
-
-    create_session(source, threads=1, level=level, save_to=dest)
-
-
-def _externalize(source: Path, dest: Path) -> None:
-    """Save the self-contained graph `source` as `dest` plus `DATA_FILE` beside it, each
-    initializer of `DATA_MIN_BYTES` or more at a `DATA_ALIGNMENT` boundary of the data file."""
-    import onnx
-    from onnx.external_data_helper import set_external_data
-
-    model = onnx.load(str(source))
-    offset = 0
-    with (dest.parent / DATA_FILE).open("wb") as data:
-        for tensor in model.graph.initializer:
-            raw = tensor.raw_data
-            if len(raw) < DATA_MIN_BYTES:
-                continue
-            offset += data.write(bytes(-offset % DATA_ALIGNMENT))
-            set_external_data(tensor, location=DATA_FILE, offset=offset, length=len(raw))
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            offset += data.write(raw)
-    onnx.save_model(model, str(dest))
+    with torch.inference_mode():
+        out: FloatArray = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+    return out
 
 
 def _verify(
-    module: torch.nn.Module,
+    expected: FloatArray,
     feeds: dict[str, np.ndarray[Any, Any]],
     model: Path,
     *,
     options: Options,
     embed: bool,
 ) -> tuple[dict[str, float], tuple[str, ...]]:
-    """Run the saved graph and the torch module on the sample batch; raise if they differ.
+    """Run the saved graph on the sample batch; raise if it differs from the torch module's
+    `expected` outputs.
 
     Returns the agreement figures and the graph's input names (the exporter drops inputs the
     model ignores, so these, not the wrapper's, are what serving must feed)."""
-    import torch
+    from ember.backends.ort_session import create_session, serving_level
 
-    from ember.backends.onnx_backend import create_session, serving_level
-
-    with torch.inference_mode():
-        expected = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
     session = create_session(model, threads=1, level=serving_level(options.optimize))
     inputs = tuple(str(i.name) for i in session.get_inputs())
     got: FloatArray = session.run(None, {name: feeds[name] for name in inputs})[0]

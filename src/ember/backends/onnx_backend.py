@@ -14,80 +14,26 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ember.backends.artifact import (
-    MODEL_FILE,
-    Manifest,
-    ensure_artifact,
-    verify_model_hash,
-)
+from ember.backends.artifact import ensure_artifact
 from ember.backends.base import Batch, Capabilities, FloatArray
+from ember.backends.ort_session import (
+    ALLOW_SPINNING,
+    CPU_MEM_ARENA,
+    DISABLED_OPTIMIZERS,
+    MEM_PATTERN,
+    create_session,
+    serving_level,
+    session_options,
+)
 from ember.errors import ModelError
+from ember.manifest import MODEL_FILE, Manifest, verify_model_hash
 from ember.models import ModelSpec, Task
 from ember.settings import Settings
 
 log = logging.getLogger("ember.backends.onnx")
 
-_LEVELS = {
-    0: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    2: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    99: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-ALLOW_SPINNING = False
-"""Pool threads sleep between runs instead of spinning: spinning raised process CPU from ~75%
-to ~95-120% alongside a busy Python thread, with no latency gain (onnx_notes.md)."""
-CPU_MEM_ARENA = True
-"""Keep activation memory between runs: without the arena, batches of 2-4k tokens cost 5-25%
-more CPU (page faults), for ~100 MB less RSS only until glibc's heap grows back."""
-MEM_PATTERN = False
-"""Memory patterns are planned and cached per input shape: no steady-state gain measured with
-the arena on, a slightly colder first run per shape, and ~10 MB more RSS over the bucket set."""
-DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
-"""ORT fusions that make the graph slower on CPU: SkipLayerNormalization runs 2.9x slower than
-the Add + LayerNormalization it replaces (onnx_notes.md). Applies when ember saves an optimised
-graph at prepare time and when a session optimises a raw export itself."""
-
-
-def serving_level(optimize: int) -> int:
-    """The ORT level a serving session uses for an artifact prepared at `optimize`: none when
-    the saved graph is already optimised, else everything (the raw export must be optimised)."""
-    return 0 if optimize > 0 else 99
-
-
-def session_options(*, threads: int, level: int) -> ort.SessionOptions:
-    """Options for a CPU session with `threads` intra-op threads at ORT level `level`."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = _LEVELS[level]
-    options.enable_cpu_mem_arena = CPU_MEM_ARENA
-    options.enable_mem_pattern = MEM_PATTERN
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if ALLOW_SPINNING else "0"
-    )
-    options.add_session_config_entry(
-        "session.inter_op.allow_spinning", "1" if ALLOW_SPINNING else "0"
-    )
-    # ORT warns on stderr about hardware-specific level-99 graphs and the like: ember reports
-    # what matters itself.
-    options.log_severity_level = 3
-    return options
-
-
-def create_session(
-    model: Path, *, threads: int, level: int, save_to: Path | None = None
-) -> ort.InferenceSession:
-    """A CPU session on `model`; with `save_to`, ORT also writes the optimised graph there."""
-    options = session_options(threads=threads, level=level)
-    if save_to is not None:
-        options.optimized_model_filepath = str(save_to)
-    return ort.InferenceSession(
-        str(model),
-        options,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(DISABLED_OPTIMIZERS),
-    )
+# Session options live in `ort_session` (prepare uses them too); named here for older callers.
+__all__ = ["DISABLED_OPTIMIZERS", "OnnxBackend", "create_session", "session_options"]
 
 
 class OnnxBackend:
@@ -170,6 +116,11 @@ class OnnxBackend:
             "quantize": options.quantize,
             "artifact": str(self.artifact),
             "onnxruntime": ort.__version__,
+            "optimization": (
+                self.manifest.fusion.to_dict()
+                if self.manifest.fusion is not None
+                else {"fused": self.manifest.fused}
+            ),
             "session": {
                 "prepared_optimization_level": options.optimize,
                 "graph_optimization_level": self.level,

@@ -11,9 +11,12 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ember.bench.client import APIS, Api, Endpoint
+
+if TYPE_CHECKING:
+    from ember.bench.workloads import Workload
 
 
 def _slug(label: str) -> str:
@@ -95,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between SIGTERM and SIGKILL (default 15)",
     )
     startup.add_argument(
+        "--cold-runs",
+        type=int,
+        default=0,
+        help="start the first N runs with a cold page cache: the files under --evict (default: "
+        "the Python libraries, ember's cache and paths named in --cmd) dropped with "
+        "posix_fadvise(DONTNEED), as on a new node (default 0)",
+    )
+    startup.add_argument(
+        "--evict",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="a file or folder to drop from the page cache before each cold run (repeatable)",
+    )
+    startup.add_argument(
         "--poll-interval",
         type=float,
         default=0.02,
@@ -140,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=100_000,
         help="cap on measured requests per level (default 100000)",
     )
+    load.add_argument(
+        "--workload",
+        choices=("embed", "rerank", "classify", "mixed"),
+        default="embed",
+        help="what each request is: embed (--api's route), rerank (TEI /rerank: one query and "
+        "--batch texts), classify (TEI /predict of --batch texts), or an equal mix of the three "
+        "(default embed)",
+    )
     load.add_argument("--batch", type=int, default=1, help="texts per request (default 1)")
     load.add_argument("--words", type=int, default=40, help="words per text (default 40)")
     load.add_argument(
@@ -184,11 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _startup(args: argparse.Namespace) -> int:
     from ember.bench.load import write_json
-    from ember.bench.startup import DEFAULT_CMD, StartupConfig, print_startup, run_startup
+    from ember.bench.process import render_cmd
+    from ember.bench.startup import (
+        DEFAULT_CMD,
+        StartupConfig,
+        print_startup,
+        run_startup,
+        serving_files,
+    )
 
-    if args.runs < 1:
-        print("ember bench startup: --runs must be ≥ 1", file=sys.stderr)
+    if args.runs < 1 or not 0 <= args.cold_runs <= args.runs:
+        print("ember bench startup: need --runs ≥ 1 and 0 ≤ --cold-runs ≤ --runs", file=sys.stderr)
         return 2
+    evict = tuple(args.evict or (serving_files(render_cmd(args.cmd, 0)) if args.cold_runs else ()))
     label = _slug(args.label or ("ember" if args.cmd == DEFAULT_CMD else "server"))
     health = None if args.health_path.lower() == "none" else args.health_path
     config = StartupConfig(
@@ -205,6 +239,8 @@ def _startup(args: argparse.Namespace) -> int:
         stop_timeout=args.stop_timeout,
         poll_interval=args.poll_interval,
         seed=args.seed,
+        cold_runs=args.cold_runs,
+        evict_paths=evict,
     )
     result = run_startup(config, out_dir=args.out)
     json_path = args.out / f"startup-{label}.json"
@@ -236,6 +272,7 @@ def _load(args: argparse.Namespace) -> int:
         return 2
     label = _slug(args.label or "server")
     base: dict[str, Any] = {
+        "workload": _workload(args),
         "api": cast(Api, args.api),
         "path": args.path,
         "model": args.model,
@@ -270,6 +307,22 @@ def _load(args: argparse.Namespace) -> int:
     return 1 if any(level["ok"] == 0 for level in result["levels"]) else 0
 
 
+def _workload(args: argparse.Namespace) -> Workload | None:
+    """--workload as a workload; None for embed (LoadConfig builds it from --api/--path)."""
+    from ember.bench.workloads import Classify, Embed, Mixed, Rerank
+
+    rerank = Rerank(docs=args.batch, words=args.words)
+    classify = Classify(texts=args.batch, words=args.words)
+    if args.workload == "rerank":
+        return rerank
+    if args.workload == "classify":
+        return classify
+    if args.workload == "mixed":
+        embed = Embed(api=args.api, batch=args.batch, words=args.words, model=args.model)
+        return Mixed([(1.0, embed), (1.0, rerank), (1.0, classify)])
+    return None
+
+
 def _load_running(
     endpoint: Endpoint, server_pid: int | None, base: dict[str, Any]
 ) -> dict[str, Any]:
@@ -284,46 +337,30 @@ def _load_spawned(
     args: argparse.Namespace, base: dict[str, Any], *, log_path: Path
 ) -> dict[str, Any] | None:
     """Spawn `--cmd`, wait for ready, load it, stop it; None (reported) if it never got ready."""
-    import asyncio
-    import time
-
     from ember.bench.load import LoadConfig, run_load
-    from ember.bench.startup import (
-        ServerFailed,
-        free_port,
-        render_cmd,
-        spawn_server,
-        stop_server,
-        wait_ready,
-    )
+    from ember.bench.process import ServerFailed, free_port, render_cmd, running
 
     port = free_port()
-    endpoint = Endpoint("127.0.0.1", port)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        t0 = time.perf_counter()
-        proc = spawn_server(render_cmd(args.cmd, port), log=log)
-        try:
-            probes = asyncio.run(
-                wait_ready(
-                    endpoint,
-                    proc,
-                    t0=t0,
-                    ready_path=args.ready_path,
-                    health_path=None,
-                    ready_timeout=args.ready_timeout,
-                )
+    try:
+        with running(
+            render_cmd(args.cmd, port),
+            port=port,
+            log_path=log_path,
+            ready_path=args.ready_path,
+            health_path=None,
+            ready_timeout=args.ready_timeout,
+        ) as server:
+            print(
+                f"server ready after {server.probes.ready_seconds:.2f} s "
+                f"(pid {server.pid}, port {port})"
             )
-            print(f"server ready after {probes.ready_seconds:.2f} s (pid {proc.pid}, port {port})")
-            config = LoadConfig(endpoint=endpoint, server_pid=proc.pid, **base)
+            config = LoadConfig(endpoint=server.endpoint, server_pid=server.pid, **base)
             result = run_load(config, on_level=_progress)
             result["cmd"] = args.cmd
             result["server_log"] = str(log_path)
-        except ServerFailed as exc:
-            print(f"ember bench load: {exc}; log: {log_path}", file=sys.stderr)
-            return None
-        finally:
-            stop_server(proc)
+    except ServerFailed as exc:
+        print(f"ember bench load: {exc}; log: {log_path}", file=sys.stderr)
+        return None
     return result
 
 

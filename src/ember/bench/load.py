@@ -1,9 +1,11 @@
 """`ember bench load`: closed-loop load at several concurrencies against a loopback server.
 
-Each of `concurrency` virtual users holds one keep-alive connection and sends its next request
-when the previous answer arrives. A level lasts `warmup` seconds (not counted) and then
-`duration` seconds or `max_requests` requests, whichever comes first; requests in flight at the
-deadline are awaited and counted. Every request carries fresh texts, so no cache can help.
+Each of `concurrency` virtual users holds one keep-alive connection and sends its workload's
+next request (`bench.workloads`: embed, rerank, classify, a mix) when the previous answer
+arrives; after a 429 it backs off (`backoff_seconds`) instead of retrying at once. A level
+lasts `warmup` seconds (not counted) and then `duration` seconds or `max_requests` requests,
+whichever comes first, on fresh connections; requests in flight at the deadline are awaited and
+counted. Every request carries fresh texts, so no cache can help.
 
 CPU figures are percent of one core (200 = both cores of a 2-core machine), from cpu_times
 deltas over the measured window: the server's process tree, this client process, the machine.
@@ -12,6 +14,7 @@ deltas over the measured window: the server's process tree, this client process,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import sys
@@ -20,18 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ember.bench.client import (
-    DEFAULT_EMBED_PATHS,
-    Api,
-    Endpoint,
-    HttpConnection,
-    HttpError,
-    build_body,
-    count_embeddings,
-    make_text,
-)
+from ember.bench.client import DEFAULT_EMBED_PATHS, Api, Endpoint, HttpConnection, HttpError
+from ember.bench.workloads import Embed, Request, Workload, check
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -110,6 +105,13 @@ def tree_cpu_delta(before: Mapping[int, float], after: Mapping[int, float]) -> f
     return sum(value - before.get(pid, 0.0) for pid, value in after.items())
 
 
+BACKOFF_FIRST_S = 0.05
+"""A user's sleep after its first 429 in a row; it doubles with each further 429, up to the
+server's Retry-After (or BACKOFF_MAX_S without one). A hot retry loop would take the cores from
+the very server that said it is overloaded."""
+BACKOFF_MAX_S = 1.0
+
+
 @dataclass(slots=True)
 class Tally:
     """What the virtual users of one level observed."""
@@ -117,50 +119,86 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     embeddings: int = 0
+    """Items answered (embeddings, rerank scores, predictions) by successful requests."""
     issued: int = 0
 
     def error(self, key: str) -> None:
         self.errors[key] = self.errors.get(key, 0) + 1
 
+    def record(self, request: Request, ms: float, error: str | None) -> None:
+        """One answered request: its latency if it succeeded, its error key if not."""
+        if error is None:
+            self.latencies_ms.append(ms)
+            self.embeddings += request.expect
+        else:
+            self.error(error)
 
-async def _user(
+
+class Sink(Protocol):
+    """Where the loop counts requests: one level's Tally, or a soak's time intervals."""
+
+    issued: int
+
+    def record(self, request: Request, ms: float, error: str | None) -> None: ...
+
+
+def backoff_seconds(consecutive_429: int, retry_after: str | None) -> float:
+    """Seconds a user sleeps after its n-th 429 in a row (n ≥ 1): exponential from
+    BACKOFF_FIRST_S, capped by the server's Retry-After seconds (or BACKOFF_MAX_S)."""
+    cap = BACKOFF_MAX_S
+    if retry_after is not None:
+        # An HTTP date (rare for 429) keeps the default cap.
+        with contextlib.suppress(ValueError):
+            cap = max(0.0, float(retry_after))
+    return min(cap, BACKOFF_FIRST_S * 2.0 ** (consecutive_429 - 1))
+
+
+async def closed_loop(
     conn: HttpConnection,
+    workload: Workload,
     *,
-    path: str,
-    make_body: Callable[[], bytes],
-    api: Api,
-    batch: int,
+    prefix: str,
+    rng: random.Random,
     deadline: float,
     max_requests: int,
-    tally: Tally,
+    sink: Sink,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    while time.perf_counter() < deadline and tally.issued < max_requests:
-        tally.issued += 1
-        body = make_body()
+    """One virtual user: send the workload's next request when the previous answer arrives,
+    until `deadline`, `max_requests` issued over all users sharing `sink`, or `stop`."""
+    consecutive_429 = 0
+    while (
+        time.perf_counter() < deadline
+        and sink.issued < max_requests
+        and not (stop is not None and stop.is_set())
+    ):
+        sink.issued += 1
+        request = workload.request(rng)
         start = time.perf_counter()
         try:
-            response = await conn.request("POST", path, body)
+            response = await conn.request("POST", prefix + request.path, request.body)
         except HttpError as exc:
-            tally.error(exc.kind)
+            sink.record(request, (time.perf_counter() - start) * 1000, exc.kind)
             continue
         ms = (time.perf_counter() - start) * 1000
-        if response.status != 200:
-            tally.error(str(response.status))
+        if response.status == 200:
+            consecutive_429 = 0
+            sink.record(request, ms, None if check(request, response.body) else "bad_body")
             continue
-        try:
-            count = count_embeddings(api, response.body)
-        except ValueError:
-            count = -1
-        if count != batch:
-            tally.error("bad_body")
-            continue
-        tally.latencies_ms.append(ms)
-        tally.embeddings += count
+        sink.record(request, ms, str(response.status))
+        if response.status == 429:
+            consecutive_429 += 1
+            await asyncio.sleep(
+                backoff_seconds(consecutive_429, response.headers.get("retry-after"))
+            )
 
 
 @dataclass(frozen=True, slots=True)
 class LoadConfig:
-    """One `ember bench load` invocation (several concurrency levels, one request shape)."""
+    """One `ember bench load` invocation (several concurrency levels, one workload).
+
+    Without `workload`, it is `batch` texts of `words` words to `api`'s embeddings route.
+    """
 
     endpoint: Endpoint
     api: Api = "tei"
@@ -176,39 +214,42 @@ class LoadConfig:
     timeout: float = 60.0
     label: str = "server"
     seed: int = 0
+    workload: Workload | None = None
 
     @property
     def embed_path(self) -> str:
         return self.path or DEFAULT_EMBED_PATHS[self.api]
 
+    def the_workload(self) -> Workload:
+        if self.workload is not None:
+            return self.workload
+        return Embed(
+            api=self.api, batch=self.batch, words=self.words, model=self.model, path=self.path
+        )
+
 
 async def run_level(config: LoadConfig, concurrency: int, rng: random.Random) -> dict[str, Any]:
     """One concurrency level → its figures (see module doc for units)."""
     meter = CpuMeter(config.server_pid)
+    workload = config.the_workload()
     conns = [
         HttpConnection(config.endpoint.host, config.endpoint.port, timeout=config.timeout)
         for _ in range(concurrency)
     ]
-    path = config.endpoint.prefix + config.embed_path
-
-    def make_body() -> bytes:
-        texts = [make_text(rng, config.words) for _ in range(config.batch)]
-        return build_body(config.api, texts, model=config.model)
 
     async def phase(seconds: float, max_requests: int) -> Tally:
         tally = Tally()
         deadline = time.perf_counter() + seconds
         await asyncio.gather(
             *(
-                _user(
+                closed_loop(
                     conn,
-                    path=path,
-                    make_body=make_body,
-                    api=config.api,
-                    batch=config.batch,
+                    workload,
+                    prefix=config.endpoint.prefix,
+                    rng=rng,
                     deadline=deadline,
                     max_requests=max_requests,
-                    tally=tally,
+                    sink=tally,
                 )
                 for conn in conns
             )
@@ -219,6 +260,11 @@ async def run_level(config: LoadConfig, concurrency: int, rng: random.Random) ->
         await asyncio.gather(*(conn.connect() for conn in conns))
         if config.warmup > 0:
             await phase(config.warmup, config.max_requests)
+            # Fresh connections for the measured window: a user that finished its warm-up early
+            # sat idle while the others finished theirs (seconds at c=32), past uvicorn's 5 s
+            # keep-alive, and its next request would meet a closed socket.
+            await asyncio.gather(*(conn.connect() for conn in conns))
+        connects0 = sum(conn.connects for conn in conns)
         server0, machine0 = meter.server_times(), meter.machine_busy()
         client0, wall0 = time.process_time(), time.perf_counter()
         tally = await phase(config.duration, config.max_requests)
@@ -245,7 +291,11 @@ async def run_level(config: LoadConfig, concurrency: int, rng: random.Random) ->
         if tally.issued
         else None,
         "machine_cpu_pct": round(100 * machine_cpu / wall, 1),
-        "reconnects": sum(conn.connects for conn in conns) - concurrency,
+        # Anything else on the machine in the window (another job, the kernel): the noise.
+        "other_cpu_pct": round(100 * (machine_cpu - server_cpu - client_cpu) / wall, 1)
+        if config.server_pid
+        else None,
+        "reconnects": sum(conn.connects for conn in conns) - connects0,
     }
 
 
@@ -277,6 +327,7 @@ def run_load(
     doc = asdict(config)
     doc.pop("endpoint")
     doc.update(
+        workload=config.the_workload().describe(),
         kind="load",
         url=config.endpoint.url,
         path=config.embed_path,

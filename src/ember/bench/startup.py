@@ -1,43 +1,42 @@
 """`ember bench startup`: how long a server takes to be ready, and whether ready means warm.
 
 Each run spawns the server command on a free port and measures, from the spawn:
-- when the port first accepted a connection, `/health` first answered 200 and the ready path
-  first answered 200 (polled every `poll_interval` seconds on one keep-alive connection);
+- when the port first accepted a connection, `/health` first answered 200 (probe time), the
+  ready path first answered 503 (alive, still loading) and first answered 200 (polled every
+  `poll_interval` seconds on one keep-alive connection);
 - the RSS of the server's whole process tree at ready;
 - for each shape class, the first request's latency against the median of `repeats` later
   ones (all first requests go first, in class order, then the repeats of each class).
 The server is then stopped with SIGTERM to its process group, SIGKILL after `stop_timeout`.
+The first `cold_runs` runs start after their files are dropped from the page cache (a new
+node's bad day: `process.drop_page_cache`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import platform
 import random
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from ember.bench.client import (
-    Api,
-    Endpoint,
-    HttpConnection,
-    HttpError,
-    build_body,
-    count_embeddings,
-    make_text,
+from ember.bench.client import Api, Endpoint, HttpConnection, HttpError
+from ember.bench.process import (
+    ServerFailed,
+    drop_page_cache,
+    free_port,
+    render_cmd,
+    running,
 )
+from ember.bench.workloads import Embed, Request, Workload, check
 
 DEFAULT_CMD = f"{shlex.quote(sys.executable)} -m ember serve --host 127.0.0.1 --port {{port}}"
 
@@ -98,184 +97,56 @@ class RunResult:
     exit_code: int | None = None
     stop_seconds: float | None = None
     log: str | None = None
-
-
-class ServerFailed(Exception):
-    """The server exited, or was not ready within the timeout."""
-
-
-@dataclass(frozen=True, slots=True)
-class Probes:
-    """Seconds from spawn to the first TCP accept, first /health 200, first ready 200."""
-
-    port_seconds: float | None
-    health_seconds: float | None
-    ready_seconds: float
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def render_cmd(template: str, port: int) -> list[str]:
-    """The argv of a server command: `{port}` replaced (other braces left alone), shell-split."""
-    return shlex.split(template.replace("{port}", str(port)))
-
-
-def spawn_server(
-    argv: list[str], *, log: IO[bytes], env: Mapping[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start the server in a new session (its own process group), output to `log`."""
-    return subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=dict(os.environ if env is None else env),
-    )
-
-
-def stop_server(
-    proc: subprocess.Popen[bytes], *, timeout: float = 15.0
-) -> tuple[int | None, float]:
-    """SIGTERM the process group, SIGKILL it after `timeout` s → (exit code, seconds to exit).
-
-    Whatever is left in the group after the leader exits is killed too, so no stray worker
-    outlives a run.
-    """
-    start = time.perf_counter()
-    _signal_group(proc.pid, signal.SIGTERM)
-    try:
-        code: int | None = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(proc.pid, signal.SIGKILL)
-        code = proc.wait(timeout=timeout)
-    elapsed = time.perf_counter() - start
-    _signal_group(proc.pid, signal.SIGKILL)
-    return code, elapsed
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def tree_rss_mb(pid: int) -> float | None:
-    """Resident memory of `pid` and all its descendants, MiB; None if it is gone."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return None
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total / 2**20
-
-
-async def wait_ready(
-    endpoint: Endpoint,
-    proc: subprocess.Popen[bytes],
-    *,
-    t0: float,
-    ready_path: str,
-    health_path: str | None,
-    ready_timeout: float,
-    poll_interval: float = 0.02,
-) -> Probes:
-    """Poll until `ready_path` answers 200; times are `time.perf_counter()` seconds from `t0`.
-
-    Raises ServerFailed if the process exits or `ready_timeout` seconds pass first.
-    """
-    conn = HttpConnection(endpoint.host, endpoint.port, timeout=max(1.0, poll_interval * 50))
-    port_s: float | None = None
-    health_s: float | None = None
-    health_probe = None if health_path == ready_path else health_path
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise ServerFailed(f"server exited with code {proc.returncode} before ready")
-            if time.perf_counter() - t0 > ready_timeout:
-                raise ServerFailed(f"not ready after {ready_timeout:g} s")
-            if port_s is None:
-                try:
-                    await conn.connect()
-                except OSError:
-                    await asyncio.sleep(poll_interval)
-                    continue
-                port_s = time.perf_counter() - t0
-            try:
-                if health_probe is not None and health_s is None:
-                    status = (await conn.request("GET", endpoint.prefix + health_probe)).status
-                    health_s = time.perf_counter() - t0 if status == 200 else None
-                if (await conn.request("GET", endpoint.prefix + ready_path)).status == 200:
-                    ready_s = time.perf_counter() - t0
-                    if health_path == ready_path:
-                        health_s = ready_s
-                    return Probes(port_s, health_s, ready_s)
-            except HttpError:
-                pass  # e.g. accepted, then closed while the server was still booting
-            await asyncio.sleep(poll_interval)
-    finally:
-        await conn.close()
+    not_ready_seconds: float | None = None
+    """Spawn → the first 503 from the ready path: the server alive and saying it is loading."""
+    page_cache: str = "warm"
+    """"cold" when the run started after its files were dropped from the page cache."""
 
 
 async def timed_request(
-    conn: HttpConnection, path: str, body: bytes, api: Api, expect: int
+    conn: HttpConnection, request: Request, prefix: str = ""
 ) -> tuple[float, int | None, str | None]:
-    """One embed request → (milliseconds, status or None, error key or None)."""
+    """One request → (milliseconds, status or None, error key or None)."""
     start = time.perf_counter()
     try:
-        response = await conn.request("POST", path, body)
+        response = await conn.request("POST", prefix + request.path, request.body)
     except HttpError as exc:
         return (time.perf_counter() - start) * 1000, None, exc.kind
     ms = (time.perf_counter() - start) * 1000
     if response.status != 200:
         return ms, response.status, str(response.status)
-    try:
-        if count_embeddings(api, response.body) != expect:
-            return ms, 200, "bad_body"
-    except ValueError:
-        return ms, 200, "bad_body"
-    return ms, 200, None
+    return ms, 200, None if check(request, response.body) else "bad_body"
+
+
+def embed_classes(
+    api: Api, *, embed_path: str | None = None, model: str | None = None
+) -> dict[str, Workload]:
+    """SHAPE_CLASSES as embed workloads of `api`."""
+    return {
+        name: Embed(api=api, batch=shape.texts, words=shape.words, model=model, path=embed_path)
+        for name, shape in SHAPE_CLASSES.items()
+    }
 
 
 async def measure_classes(
     endpoint: Endpoint,
+    classes: Mapping[str, Workload],
     *,
-    api: Api,
-    embed_path: str,
-    model: str | None,
     repeats: int,
     rng: random.Random,
-    classes: Mapping[str, ShapeClass] = SHAPE_CLASSES,
     request_timeout: float = 120.0,
 ) -> dict[str, ClassResult]:
-    """The first request of every class, then `repeats` more of each, on one connection.
+    """The first request of every class, then `repeats` more of each back to back and
+    IDLE_REPEATS each after IDLE_GAP s of quiet, on one connection.
 
     Every request carries fresh texts (no cache can help); only successful requests count.
     """
     conn = HttpConnection(endpoint.host, endpoint.port, timeout=request_timeout)
-    path = endpoint.prefix + embed_path
-
-    def body(shape: ShapeClass) -> bytes:
-        texts = [make_text(rng, shape.words) for _ in range(shape.texts)]
-        return build_body(api, texts, model=model)
-
+    prefix = endpoint.prefix
     results: dict[str, ClassResult] = {}
     try:
-        for name, shape in classes.items():
-            ms, status, error = await timed_request(conn, path, body(shape), api, shape.texts)
+        for name, workload in classes.items():
+            ms, status, error = await timed_request(conn, workload.request(rng), prefix)
             results[name] = ClassResult(
                 first_ms=None if error else round(ms, 3),
                 steady_median_ms=None,
@@ -284,10 +155,10 @@ async def measure_classes(
             )
             if error:
                 results[name].errors[error] = 1
-        for name, shape in classes.items():
+        for name, workload in classes.items():
             result = results[name]
             for _ in range(repeats):
-                ms, _, error = await timed_request(conn, path, body(shape), api, shape.texts)
+                ms, _, error = await timed_request(conn, workload.request(rng), prefix)
                 if error:
                     result.errors[error] = result.errors.get(error, 0) + 1
                 else:
@@ -299,8 +170,10 @@ async def measure_classes(
             idle: list[float] = []
             for _ in range(IDLE_REPEATS):
                 await asyncio.sleep(IDLE_GAP)
-                ms, _, error = await timed_request(conn, path, body(shape), api, shape.texts)
-                if not error:
+                ms, _, error = await timed_request(conn, workload.request(rng), prefix)
+                if error:
+                    result.errors[error] = result.errors.get(error, 0) + 1
+                else:
                     idle.append(ms)
             if idle:
                 result.idle_median_ms = round(statistics.median(idle), 3)
@@ -328,52 +201,54 @@ class StartupConfig:
     stop_timeout: float = 15.0
     poll_interval: float = 0.02
     seed: int = 0
+    shape_classes: bool = True
+    """Measure the first request of each shape class (deploy only needs the probe times)."""
+    cold_runs: int = 0
+    """The first `cold_runs` runs start after `evict_paths` are dropped from the page cache."""
+    evict_paths: tuple[str, ...] = ()
+
+    def classes(self) -> dict[str, Workload]:
+        return embed_classes(self.api, embed_path=self.embed_path, model=self.model)
 
 
-def run_once(config: StartupConfig, *, index: int, embed_path: str, log_path: Path) -> RunResult:
+def run_once(config: StartupConfig, *, index: int, log_path: Path) -> RunResult:
     """Spawn, measure and stop the server once. ServerFailed if it never became ready."""
+    cold = index < config.cold_runs
+    if cold:
+        drop_page_cache(config.evict_paths)
     port = free_port()
-    endpoint = Endpoint("127.0.0.1", port)
     rng = random.Random(config.seed * 1000 + index)
-    with log_path.open("wb") as log:
-        t0 = time.perf_counter()
-        proc = spawn_server(render_cmd(config.cmd, port), log=log)
-        try:
-            probes = asyncio.run(
-                wait_ready(
-                    endpoint,
-                    proc,
-                    t0=t0,
-                    ready_path=config.ready_path,
-                    health_path=config.health_path,
-                    ready_timeout=config.ready_timeout,
-                    poll_interval=config.poll_interval,
-                )
+    with running(
+        render_cmd(config.cmd, port),
+        port=port,
+        log_path=log_path,
+        ready_path=config.ready_path,
+        health_path=config.health_path,
+        ready_timeout=config.ready_timeout,
+        stop_timeout=config.stop_timeout,
+        poll_interval=config.poll_interval,
+    ) as server:
+        classes = (
+            asyncio.run(
+                measure_classes(server.endpoint, config.classes(), repeats=config.repeats, rng=rng)
             )
-            rss = tree_rss_mb(proc.pid)
-            classes = asyncio.run(
-                measure_classes(
-                    endpoint,
-                    api=config.api,
-                    embed_path=embed_path,
-                    model=config.model,
-                    repeats=config.repeats,
-                    rng=rng,
-                )
-            )
-        finally:
-            exit_code, stop_seconds = stop_server(proc, timeout=config.stop_timeout)
+            if config.shape_classes
+            else {}
+        )
+    probes = server.probes
     return RunResult(
         run=index,
         port=port,
         port_seconds=_round(probes.port_seconds),
         health_seconds=_round(probes.health_seconds),
         ready_seconds=round(probes.ready_seconds, 4),
-        rss_mb_at_ready=None if rss is None else round(rss, 1),
+        rss_mb_at_ready=None if server.rss_mb is None else round(server.rss_mb, 1),
         classes=classes,
-        exit_code=exit_code,
-        stop_seconds=round(stop_seconds, 3),
+        exit_code=server.exit_code,
+        stop_seconds=_round(server.stop_seconds, 3),
         log=str(log_path),
+        not_ready_seconds=_round(probes.not_ready_seconds),
+        page_cache="cold" if cold else "warm",
     )
 
 
@@ -386,6 +261,8 @@ def summarize(runs: list[RunResult]) -> dict[str, float | None]:
     ready = [r.ready_seconds for r in runs]
     port = [r.port_seconds for r in runs if r.port_seconds is not None]
     health = [r.health_seconds for r in runs if r.health_seconds is not None]
+    not_ready = [r.not_ready_seconds for r in runs if r.not_ready_seconds is not None]
+    cold = [r.ready_seconds for r in runs if r.page_cache == "cold"]
     rss = [r.rss_mb_at_ready for r in runs if r.rss_mb_at_ready is not None]
     ratios = [c.ratio for r in runs for c in r.classes.values() if c.ratio is not None]
     idle = [c.ratio_idle for r in runs for c in r.classes.values() if c.ratio_idle is not None]
@@ -394,10 +271,30 @@ def summarize(runs: list[RunResult]) -> dict[str, float | None]:
         "ready_seconds_max": max(ready) if ready else None,
         "port_seconds_median": statistics.median(port) if port else None,
         "health_seconds_median": statistics.median(health) if health else None,
+        "health_seconds_max": max(health) if health else None,
+        "not_ready_seconds_median": statistics.median(not_ready) if not_ready else None,
+        "ready_seconds_cold_max": max(cold) if cold else None,
         "rss_mb_at_ready_median": statistics.median(rss) if rss else None,
         "worst_ratio": max(ratios) if ratios else None,
         "worst_ratio_idle": max(idle) if idle else None,
     }
+
+
+def serving_files(argv: list[str]) -> tuple[str, ...]:
+    """What a server started by `argv` reads at start: the Python libraries, ember's artifact
+    cache and every existing path named in `argv` (model folders, `name=folder` included)."""
+    import sysconfig
+
+    from ember.settings import Settings
+
+    layout = sysconfig.get_paths()
+    paths = {layout[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths.add(str(Settings().cache_dir))
+    for arg in argv:
+        candidate = arg.split("=", 1)[-1]
+        if candidate.startswith(("/", ".")) and Path(candidate).exists():
+            paths.add(str(Path(candidate).resolve()))
+    return tuple(sorted(paths))
 
 
 def machine_info() -> dict[str, Any]:
@@ -436,7 +333,7 @@ def run_startup(config: StartupConfig, *, out_dir: Path) -> dict[str, Any]:
     for index in range(config.runs):
         log_path = out_dir / f"startup-{config.label}-run{index}.log"
         try:
-            runs.append(run_once(config, index=index, embed_path=embed_path, log_path=log_path))
+            runs.append(run_once(config, index=index, log_path=log_path))
         except ServerFailed as exc:
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
             failed.append({"run": index, "error": str(exc), "log_tail": tail})
@@ -450,6 +347,8 @@ def run_startup(config: StartupConfig, *, out_dir: Path) -> dict[str, Any]:
         "embed_path": embed_path,
         "model": config.model,
         "repeats": config.repeats,
+        "cold_runs": config.cold_runs,
+        "evicted": list(config.evict_paths),
         "shape_classes": {name: asdict(shape) for name, shape in SHAPE_CLASSES.items()},
         "created": started,
         "machine": machine,
@@ -465,15 +364,17 @@ def print_startup(result: Mapping[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"startup: {result['label']}  ({result['cmd']})")
-    for name in ("run", "port s", "health s", "ready s", "RSS MiB"):
+    for name in ("run", "cache", "port s", "health s", "503 s", "ready s", "RSS MiB"):
         table.add_column(name, justify="right")
     for name in SHAPE_CLASSES:
         table.add_column(f"{name} first/steady ms", justify="right")
     for run in result["runs"]:
         cells = [
             str(run["run"]),
+            run.get("page_cache", "warm"),
             _fmt(run["port_seconds"], "{:.2f}"),
             _fmt(run["health_seconds"], "{:.2f}"),
+            _fmt(run.get("not_ready_seconds"), "{:.2f}"),
             _fmt(run["ready_seconds"], "{:.2f}"),
             _fmt(run["rss_mb_at_ready"], "{:.0f}"),
         ]
@@ -496,6 +397,8 @@ def print_startup(result: Mapping[str, Any]) -> None:
     console.print(table)
     summary = result["summary"]
     console.print(
+        f"probe (spawn → /health 200) median {_fmt(summary['health_seconds_median'], '{:.2f}')} s"
+        f", max {_fmt(summary.get('health_seconds_max'), '{:.2f}')} s; "
         f"ready median {_fmt(summary['ready_seconds_median'], '{:.2f}')} s, "
         f"max {_fmt(summary['ready_seconds_max'], '{:.2f}')} s, "
         f"worst first/steady ratio {_fmt(summary['worst_ratio'], '{:.2f}')} "

@@ -136,3 +136,43 @@ class TextTokenizer:
             enc = self._plain.encode(text, add_special_tokens=False)
         enc.truncate(tokens)
         return enc
+
+
+# --- token ids from clients (http's `/decode` and token-id inputs) ---------------------------
+
+
+def vocab_size(tokenizer: TextTokenizer) -> int:
+    """How many ids the model's vocabulary has, added tokens included: valid ids are below."""
+    return int(tokenizer._plain.get_vocab_size(with_added_tokens=True))
+
+
+def decode_ids(
+    tokenizer: TextTokenizer, ids: list[int], *, skip_special_tokens: bool = True
+) -> str:
+    """The text of `ids` (checked against `vocab_size` by the caller)."""
+    return str(tokenizer._plain.decode(ids, skip_special_tokens=skip_special_tokens))
+
+
+def encode_ids(
+    tokenizer: TextTokenizer,
+    rows: list[list[int]],
+    *,
+    truncate: bool = True,
+    direction: Direction = "right",
+) -> list[Encoded]:
+    """Client token ids as model inputs, as given: no special tokens added (TEI sends ids as
+    the whole sequence), truncated at the max length like text. Ids are checked against
+    `vocab_size` by the caller."""
+    limit = tokenizer.max_length
+    out: list[Encoded] = []
+    for index, row in enumerate(rows):
+        kept = row
+        if len(row) > limit:
+            if not truncate:
+                raise InvalidInput(
+                    f"input {index} is longer than the model's {limit} tokens; "
+                    "shorten it or send `truncate: true`"
+                )
+            kept = row[:limit] if direction == "right" else row[-limit:]
+        out.append(Encoded(ids=list(kept), type_ids=[0] * len(kept)))
+    return out

@@ -17,28 +17,18 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message
 
-from ember import __version__
+from ember import __version__, metrics
 from ember.engine.registry import BackendFactory, Engines
-from ember.http import errors
-from ember.http.middleware import EmberMiddleware, InFlight
-from ember.http.routes import build_router
-from ember.models import Task
+from ember.http import cohere, errors, openai, probes, sagemaker, table, tei
+from ember.http.deps import AppState, app_state
+from ember.http.middleware import EmberMiddleware
 from ember.settings import Settings
 
+__all__ = ["AppState", "app_state", "create_app", "warm_http"]
+
 log = logging.getLogger("ember.http")
-
-
-class AppState:
-    """What the server process owns, reached through typed attributes (not `app.state`)."""
-
-    def __init__(self, *, settings: Settings, engines: Engines) -> None:
-        self.settings = settings
-        self.engines = engines
-        self.in_flight = InFlight()
-        self.load_task: asyncio.Task[None] | None = None
 
 
 def create_app(
@@ -72,27 +62,11 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
-    app.include_router(build_router(engines, settings))
+    for router in (probes.router, tei.router, openai.router, cohere.router, sagemaker.router):
+        app.include_router(router)
     errors.install(app)
+    metrics.prime_routes(table.route_tasks().keys())
 
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-    )
-    async def metrics_route() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
     app.add_middleware(
         EmberMiddleware,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
@@ -100,14 +74,17 @@ def create_app(
         payload_limit=settings.payload_limit,
         in_flight=state.in_flight,
     )
+    if settings.cors_origins:
+        # Added last, so outermost: a browser's preflight carries no API key and must be
+        # answered before the key check (issue 15 item 8).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.state.ember = state
     return app
-
-
-def app_state(app: FastAPI) -> AppState:
-    state = app.state.ember
-    assert isinstance(state, AppState)
-    return state
 
 
 async def _load(state: AppState) -> None:
@@ -119,40 +96,16 @@ async def _load(state: AppState) -> None:
         os._exit(1)
 
 
-# Routing, validation and JSON are what the HTTP part warms; the engine already ran every
-# planned shape, so small payloads suffice.
-_WARM_TEXTS = {"short": "warm", "medium": "the quick brown fox jumps over the lazy dog"}
-
-
 async def warm_http(app: ASGIApp, engines: Engines) -> float:
-    """Send one small and one batched request per model through the ASGI app itself, so routing,
-    validation and JSON encoding are warm too. Returns the seconds spent."""
+    """Send each route's warm-up bodies (the route table's) for every model through the ASGI app
+    itself, so routing, validation and JSON encoding are warm too; the engine already ran every
+    planned shape, so small payloads suffice. Returns the seconds spent."""
     started = time.perf_counter()
     for model in engines.models:
-        name = model.spec.name
-        texts = [_WARM_TEXTS["short"], _WARM_TEXTS["medium"]]
-        calls: list[tuple[str, dict[str, Any]]]
-        if model.task is Task.EMBED:
-            calls = [
-                ("/embed", {"inputs": texts[0], "model": name}),
-                ("/embed", {"inputs": texts, "model": name}),
-                ("/v1/embeddings", {"input": texts, "model": name}),
-                ("/v1/embeddings", {"input": texts[0], "model": name, "encoding_format": "base64"}),
-            ]
-        elif model.task is Task.RERANK:
-            calls = [
-                ("/rerank", {"query": texts[0], "texts": texts, "model": name}),
-                ("/v1/rerank", {"query": texts[0], "documents": texts, "model": name}),
-            ]
-        else:
-            calls = [
-                ("/predict", {"inputs": texts[0], "model": name}),
-                ("/predict", {"inputs": texts, "model": name}),
-            ]
-        for path, body in calls:
+        for path, body in table.warm_calls(model.task, model.spec.name):
             status = await _asgi_post(app, path, body, engines)
             if status != 200:
-                raise RuntimeError(f"HTTP warm-up {path} for {name} answered {status}")
+                raise RuntimeError(f"HTTP warm-up {path} for {model.spec.name} answered {status}")
     return time.perf_counter() - started
 
 

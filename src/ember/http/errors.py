@@ -18,6 +18,8 @@ from starlette.responses import Response
 
 from ember import metrics
 from ember.errors import EmberError, ErrorKind
+from ember.http import schemas
+from ember.http.table import openai_shaped
 
 log = logging.getLogger("ember.http")
 
@@ -46,15 +48,25 @@ _OPENAI_TYPE: dict[ErrorKind, str] = {
     ErrorKind.MODEL: "server_error",
 }
 
+# Every status the table can answer, documented per API family so clients and fuzzers see the
+# real contract.
+_DOCUMENTED = (401, 404, 413, 422, 424, 429, 500, 503)
+TEI_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorBody} for code in _DOCUMENTED
+}
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.OpenAIError} for code in _DOCUMENTED
+}
+
 
 def error_response(
     path: str, kind: ErrorKind | str, message: str, *, retry_after: float | None = None
 ) -> Response:
-    """The error body for `path` (OpenAI shape under /v1/), with its status and headers."""
+    """The error body for `path` (OpenAI's shape on its routes), with its status and headers."""
     kind = ErrorKind(kind) if not isinstance(kind, ErrorKind) else kind
     status = STATUS[kind]
     body: dict[str, Any]
-    if path.startswith("/v1/"):
+    if openai_shaped(path):
         body = {
             "error": {
                 "message": message,
@@ -79,7 +91,7 @@ def error_response(
 def internal_error(path: str) -> Response:
     body: dict[str, Any]
     message = "internal error; the server logged the details"
-    if path.startswith("/v1/"):
+    if openai_shaped(path):
         body = {
             "error": {"message": message, "type": "server_error", "param": None, "code": "internal"}
         }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
@@ -15,16 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember import metrics
 from ember.errors import ErrorKind
-from ember.http.errors import error_response
+from ember.http import table
+from ember.http.errors import error_response, internal_error
 
-OPEN_PATHS = frozenset({"/health", "/ready"})
-_ROUTE_TASK = {
-    "/embed": "embed",
-    "/v1/embeddings": "embed",
-    "/rerank": "rerank",
-    "/v1/rerank": "rerank",
-    "/predict": "classify",
-}
+log = logging.getLogger("ember.http")
 
 
 class _BodyTooLarge(HTTPException):
@@ -50,21 +45,25 @@ class EmberMiddleware:
         metrics_public: bool,
         payload_limit: int,
         in_flight: InFlight,
-        default_task: str = "embed",
     ) -> None:
         self.app = app
         self._key = f"Bearer {api_key}".encode() if api_key else None
-        self._open = OPEN_PATHS | ({"/metrics"} if metrics_public else set())
+        self._open = table.open_routes(metrics_public=metrics_public)
         self._limit = payload_limit
         self._in_flight = in_flight
-        self.default_task = default_task
+        # Inference routes: counted by route and task, cancelled when their client leaves.
+        self._tasks = table.route_tasks()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if self._key is not None and path not in self._open and not self._authorized(scope):
+        if (
+            self._key is not None
+            and (scope["method"], path) not in self._open
+            and not self._authorized(scope)
+        ):
             await error_response(
                 path,
                 ErrorKind.UNAUTHORIZED,
@@ -81,7 +80,8 @@ class EmberMiddleware:
                     await self._too_large(scope, receive, send)
                     return
                 break
-        track = path in _ROUTE_TASK or path in ("/", "/tokenize")
+        task = self._tasks.get(path)
+        track = task is not None
         status = 500
         started = False
         received = 0
@@ -120,6 +120,15 @@ class EmberMiddleware:
             status = 413
             if not started:
                 await self._too_large(scope, receive, send)
+        except Exception:
+            # Answered here rather than by an app-level handler: Starlette's outermost error
+            # middleware re-raises after answering, and uvicorn then drops the keep-alive
+            # connection; here the client gets its JSON 500 and keeps the connection.
+            if started:
+                raise
+            log.exception("unhandled error on %s", path)
+            status = 500
+            await internal_error(path)(scope, receive, send)
         except asyncio.CancelledError:
             if watcher is None or not watcher.done() or watcher.cancelled():
                 raise  # cancelled from outside (server shutdown), not by the client leaving
@@ -128,8 +137,7 @@ class EmberMiddleware:
             if watcher is not None:
                 watcher.cancel()
             self._in_flight.count -= 1
-            if track:
-                task = _ROUTE_TASK.get(path, self.default_task)
+            if task is not None:
                 metrics.REQUESTS.labels(route=path, task=task, status=str(status)).inc()
 
     @staticmethod

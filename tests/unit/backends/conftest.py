@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from ember.backends.artifact import ensure_artifact
+from ember.bench import tiny_models
 from ember.models import ModelSpec, inspect_model
 from ember.settings import Settings
-from tests import tiny_models
 from tests.corpus import PARITY_TEXTS
 
 

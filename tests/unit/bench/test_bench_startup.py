@@ -11,14 +11,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ember.bench.startup import (
-    SHAPE_CLASSES,
-    StartupConfig,
+from ember.bench.process import (
+    drop_page_cache,
     render_cmd,
-    run_startup,
     spawn_server,
     stop_server,
+    tree_rss_mb,
 )
+from ember.bench.startup import SHAPE_CLASSES, StartupConfig, run_startup
 
 FAKE = Path(__file__).with_name("fake_server.py")
 FAKE_CMD = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))} --port {{port}}"
@@ -39,6 +39,11 @@ def test_startup_result_shape(tmp_path: Path) -> None:
     for run in result["runs"]:
         assert 0.3 <= run["ready_seconds"] < 5
         assert run["port_seconds"] <= run["health_seconds"] < run["ready_seconds"]
+        # Probe time: /health answered and /ready said 503 before ready (ordered, not timed:
+        # the fake's own interpreter start varies with the machine's load).
+        assert run["not_ready_seconds"] is not None
+        assert run["not_ready_seconds"] < run["ready_seconds"]
+        assert run["page_cache"] == "warm"
         assert run["rss_mb_at_ready"] > 1
         assert run["exit_code"] == -15
         assert set(run["classes"]) == set(SHAPE_CLASSES)
@@ -94,3 +99,24 @@ def test_cli_writes_json_and_png(tmp_path: Path) -> None:
     result = orjson.loads((tmp_path / "startup-fake.json").read_bytes())
     assert [run["ready_seconds"] > 0 for run in result["runs"]] == [True]
     assert (tmp_path / "startup-fake.png").stat().st_size > 10_000
+
+
+def test_cold_runs_drop_the_page_cache_first(tmp_path: Path) -> None:
+    weights = tmp_path / "model" / "weights.bin"
+    weights.parent.mkdir()
+    weights.write_bytes(b"x" * 8192)
+    assert drop_page_cache([tmp_path / "model", tmp_path / "missing"]) == (1, 8192)
+    config = StartupConfig(
+        cmd=FAKE_CMD, runs=2, cold_runs=1, evict_paths=(str(weights),), shape_classes=False
+    )
+    result = run_startup(config, out_dir=tmp_path)
+    assert [run["page_cache"] for run in result["runs"]] == ["cold", "warm"]
+    assert all(run["classes"] == {} for run in result["runs"])
+    cold = result["runs"][0]["ready_seconds"]
+    assert result["summary"]["ready_seconds_cold_max"] == cold
+    assert result["evicted"] == [str(weights)]
+
+
+def test_tree_rss_of_this_process() -> None:
+    rss = tree_rss_mb(os.getpid())
+    assert rss is not None and 1 < rss < 100_000

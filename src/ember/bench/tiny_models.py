@@ -1,4 +1,5 @@
-"""Tiny BERT models for tests: seeded random weights, a real config, the built-in tokenizer.
+"""Tiny BERT models for tests and benchmarks: seeded random weights, a real config, the built-in
+model's tokenizer (one model per family TEI serves: `tiny_families`).
 
 Every builder writes a complete model folder that transformers, sentence-transformers and ember
 can all load offline, each in well under a second once torch is imported. Weights are drawn
@@ -72,9 +73,9 @@ def _sequence_classifier(
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(tiny_config(num_labels=num_labels, **config)).eval()
+    model = BertForSequenceClassification(tiny_config(num_labels=num_labels, **config))
     with torch.no_grad():
-        model.classifier.bias += logit_shift
+        model.classifier.bias.add_(logit_shift)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     copy_tokenizer(path)
@@ -114,7 +115,7 @@ def build_embedder(path: Path, *, seed: int = 2) -> Path:
     from transformers import BertModel
 
     torch.manual_seed(seed)
-    model = BertModel(tiny_config()).eval()
+    model = BertModel(tiny_config())
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     copy_tokenizer(path)
@@ -195,18 +196,21 @@ def reference_logits(
     return logits
 
 
-def reference_embeddings(path: Path, texts: list[str], *, max_length: int) -> Floats:
-    """sentence-transformers' embeddings (the folder's own pooling and Normalize)."""
+def reference_embeddings(
+    path: Path, texts: list[str], *, max_length: int, prompt_name: str | None = None
+) -> Floats:
+    """sentence-transformers' embeddings (the folder's own pooling, Normalize and prompts)."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
     model.max_seq_length = max_length
-    vectors: Floats = model.encode(texts, convert_to_numpy=True)
+    vectors: Floats = model.encode(texts, convert_to_numpy=True, prompt_name=prompt_name)
     return vectors
 
 
 def sigmoid(x: Floats) -> Floats:
-    out: Floats = 1.0 / (1.0 + np.exp(-x))
+    # Python floats would widen the annotation to float64; the values stay float32.
+    out: Floats = (1.0 / (1.0 + np.exp(-x))).astype(np.float32, copy=False)
     return out
 
 
