@@ -134,9 +134,14 @@ class ModelEngine:
         return self.warmup_report
 
     async def _run_admitted(self, encoded: list[Encoded]) -> FloatArray:
+        return (await self.run_encoded(encoded)).rows
+
+    async def run_encoded(self, encoded: list[Encoded]) -> Result:
+        """Already-encoded inputs (warm-up's, clients' token ids): admitted by their tokens,
+        batched and run; the backend's raw rows (no post-processing), in order."""
         work = sum(e.length for e in encoded)
         with self.loaded.admission.held(inputs=len(encoded), work=work):
-            return (await self._run(encoded)).rows
+            return await self._run(encoded)
 
     # --- requests ---------------------------------------------------------------------------
 

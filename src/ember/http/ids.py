@@ -8,7 +8,6 @@ applies the same post-processing; it belongs in the engine once its split lands 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,25 +38,15 @@ async def _run(
     direction: Direction,
 ) -> IdResult:
     model.require(task)
-    tokenizer, batcher = model.tokenizer, model.batcher
-    if tokenizer is None or batcher is None:
+    tokenizer = model.tokenizer
+    if tokenizer is None:
         raise NotReady(f"model {model.spec.name!r} is {model.lifecycle.stage.value}")
     shaping.check_ids(rows, vocab=vocab_size(tokenizer))
     auto = model.settings.auto_truncate if truncate is None else truncate
     encoded = encode_ids(tokenizer, rows, truncate=auto, direction=direction)
-    batcher.admit(len(encoded))
-    try:
-        started = time.perf_counter()
-        out, timing = await batcher.submit(encoded)
-    finally:
-        batcher.release(len(encoded))
-    timings = {
-        "tokenize": 0.0,
-        "queue": timing.queue,
-        "inference": timing.inference,
-        "total": time.perf_counter() - started,
-    }
-    return IdResult(rows=out, tokens=sum(e.length for e in encoded), timings=timings)
+    # Admitted by work (their tokens), batched and run by the engine.
+    result = await model.run_encoded(encoded)
+    return IdResult(rows=result.rows, tokens=result.tokens, timings=result.timings)
 
 
 async def embed(
