@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -141,9 +142,14 @@ class ModelEngine:
         return self.warmup_report
 
     async def _run_admitted(self, encoded: list[Encoded]) -> FloatArray:
+        return (await self.run_encoded(encoded)).rows
+
+    async def run_encoded(self, encoded: list[Encoded]) -> Result:
+        """Already-encoded inputs (warm-up's, clients' token ids): admitted by their tokens,
+        batched and run; the backend's raw rows (no post-processing), in order."""
         work = sum(e.length for e in encoded)
         with self.loaded.admission.held(inputs=len(encoded), work=work):
-            return (await self._run(encoded)).rows
+            return await self._run(encoded)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -192,14 +198,14 @@ class ModelEngine:
         loaded = self.loaded
         check_ids(rows, vocab=vocab_size(loaded.tokenizer))
         encoded = encode_ids(loaded.tokenizer, rows, truncate=truncate, direction=direction)
-        with loaded.admission.held(inputs=len(encoded), work=sum(e.length for e in encoded)):
-            return await self._run(encoded)
+        return await self.run_encoded(encoded)
 
     def _trim_if_due(self) -> None:
         """Trim the heap on a tokenizer thread once large requests have come and gone."""
         if self._chars_since_trim >= _TRIM_AFTER_CHARS:
             self._chars_since_trim = 0
-            self._tokenize_pool.submit(release_free_heap)
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: stopping anyway
+                self._tokenize_pool.submit(release_free_heap)
 
     async def tokenize(
         self, items: list[Item], *, add_special_tokens: bool = True
