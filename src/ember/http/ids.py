@@ -1,9 +1,9 @@
 """Token-id inputs (`list[int]` or `list[list[int]]`, as OpenAI and TEI accept): checked
 against the vocabulary, sent to the model as ids (never decoded and re-encoded).
 
-The engine's public calls take texts, so this runs ids through the model's own batcher and
-applies the same post-processing; it belongs in the engine once its split lands (a
-`ModelEngine.embed_ids`), and the routes would then call that.
+The engine's public calls take texts, so this runs ids through the model's own batcher and the
+engine's post-processing (`engine/postprocess.py`); it belongs in the engine as a
+`ModelEngine.embed_ids` / `classify_ids`, and the routes would then call those.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from ember.backends.base import FloatArray
+from ember.engine import postprocess
 from ember.engine.model import ModelEngine
 from ember.engine.tokenizer import Direction, encode_ids, vocab_size
 from ember.errors import InvalidInput, NotReady
@@ -73,18 +72,10 @@ async def embed(
     """Embed id inputs as `ModelEngine.embed` embeds texts (Matryoshka cut, then normalise)."""
     if prompt_name is not None:
         raise InvalidInput("`prompt_name` applies to text; token-id inputs are used as given")
-    width = int(model.spec.hidden_size or model.spec.dimension or 0)
-    if dimensions is not None and width and not 1 <= dimensions <= width:
-        raise InvalidInput(f"dimensions must be between 1 and {width} for this model")
+    postprocess.check_dimensions(dimensions, model.width)
     result = await _run(model, Task.EMBED, rows, truncate=truncate, direction=direction)
-    vectors = result.rows[:, :dimensions] if dimensions is not None else result.rows
-    if normalize:
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return IdResult(
-        rows=np.ascontiguousarray(vectors, dtype=np.float32),
-        tokens=result.tokens,
-        timings=result.timings,
-    )
+    vectors = postprocess.embeddings(result.rows, dimensions=dimensions, normalize=normalize)
+    return IdResult(rows=vectors, tokens=result.tokens, timings=result.timings)
 
 
 async def classify(
@@ -97,8 +88,5 @@ async def classify(
 ) -> IdResult:
     """Classify id inputs as `ModelEngine.classify` classifies texts (softmax unless raw)."""
     result = await _run(model, Task.CLASSIFY, rows, truncate=truncate, direction=direction)
-    logits = result.rows
-    if not raw_scores:
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        logits = shifted / shifted.sum(axis=1, keepdims=True)
-    return IdResult(rows=logits.astype(np.float32), tokens=result.tokens, timings=result.timings)
+    scores = postprocess.class_scores(result.rows, raw=raw_scores)
+    return IdResult(rows=scores, tokens=result.tokens, timings=result.timings)
