@@ -53,6 +53,7 @@ async def embeddings(req: s.EmbeddingsRequest, state: StateDep) -> Response:
     model = state.engines.select(Task.EMBED, req.model)
     result: ids.IdResult | Result
     if id_rows:
+        shaping.check_tiktoken_ids(req.model, served=model.names)
         result = await ids.embed(model, id_rows, dimensions=req.dimensions)
     else:
         result = await model.embed(texts, normalize=True, dimensions=req.dimensions)

@@ -178,6 +178,19 @@ TIKTOKEN_HINT = (
     "model's own tokenizer, so send text and turn client-side tokenisation off (langchain-openai: "
     "`check_embedding_ctx_length=False`)"
 )
+OPENAI_MODEL_PREFIX = "text-embedding-"
+"""OpenAI's embedding model names (`text-embedding-ada-002`, `text-embedding-3-small`, ...)."""
+
+
+def check_tiktoken_ids(requested: str | None, *, served: Sequence[str]) -> None:
+    """Token ids sent for an OpenAI model name that this server does not serve were made by
+    tiktoken (langchain-openai's default): a 422 with the hint, even when every id happens to
+    be inside the vocabulary (common words are, and would silently embed the wrong tokens)."""
+    if requested and requested.startswith(OPENAI_MODEL_PREFIX) and requested not in served:
+        raise InvalidInput(
+            f"token ids sent for model {requested!r}, which is served here by {served[0]!r}"
+            f"{TIKTOKEN_HINT}"
+        )
 
 
 def check_ids(rows: Sequence[Sequence[int]], *, vocab: int) -> None:
