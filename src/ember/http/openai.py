@@ -52,6 +52,7 @@ async def embeddings(req: s.EmbeddingsRequest, state: StateDep) -> Response:
     texts, id_rows = shaping.split_inputs(req.input, limit=limit)
     model = state.engines.select(Task.EMBED, req.model)
     if id_rows:
+        shaping.check_tiktoken_ids(req.model, served=model.names)
         result = await model.embed_ids(id_rows, dimensions=req.dimensions)
     else:
         result = await model.embed(texts, normalize=True, dimensions=req.dimensions)

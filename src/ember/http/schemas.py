@@ -180,6 +180,13 @@ class EmbeddingsRequest(_Request):
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
 
+    @field_validator("encoding_format", mode="before")
+    @classmethod
+    def _null_is_float(cls, value: object) -> object:
+        # litellm sends `"encoding_format": null` on purpose (so the openai SDK adds no
+        # base64); OpenAI answers it with floats.
+        return "float" if value is None else value
+
 
 class EmbeddingObject(TypedDict):
     object: Literal["embedding"]

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from tokenizers import Encoding
 
 from ember.backends.base import FloatArray
-from ember.engine.tokenizer import Item
+from ember.engine.tokenizer import TIKTOKEN_HINT, Item
 from ember.errors import InvalidInput, TooLarge
 from ember.http import quantize
 from ember.http import schemas as s
@@ -171,6 +171,21 @@ def id_rows(ids: list[int] | list[list[int]]) -> list[list[int]]:
         else:
             flat.append(entry)
     return rows if rows else [flat]
+
+
+OPENAI_MODEL_PREFIX = "text-embedding-"
+"""OpenAI's embedding model names (`text-embedding-ada-002`, `text-embedding-3-small`, ...)."""
+
+
+def check_tiktoken_ids(requested: str | None, *, served: Sequence[str]) -> None:
+    """Token ids sent for an OpenAI model name that this server does not serve were made by
+    tiktoken (langchain-openai's default): a 422 with the hint, even when every id happens to
+    be inside the vocabulary (common words are, and would silently embed the wrong tokens)."""
+    if requested and requested.startswith(OPENAI_MODEL_PREFIX) and requested not in served:
+        raise InvalidInput(
+            f"token ids sent for model {requested!r}, which is served here by {served[0]!r}"
+            f"{TIKTOKEN_HINT}"
+        )
 
 
 def check_unicode(texts: Sequence[str]) -> None:

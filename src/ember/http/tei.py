@@ -177,6 +177,10 @@ async def dispatch(body: dict[str, Any], engines: EnginesDep, settings: Settings
     model = engines.select(first.task, name) if name else first
     limit = settings.max_client_batch_size
     if model.task is Task.EMBED:
+        # TEI's `POST /` also takes a `/similarity` body (its untagged request enum), which
+        # huggingface_hub's `sentence_similarity` sends to a bare endpoint URL.
+        if isinstance(body.get("inputs"), dict):
+            return await similarity_scores(model, parse(s.SimilarityRequest, body), limit=limit)
         return await embed_rows(model, parse(s.EmbedRequest, body), limit=limit)
     if model.task is Task.RERANK:
         items, _, headers = await rerank_items(model, parse(s.RerankRequest, body), limit=limit)
@@ -228,9 +232,16 @@ async def similarity(
     """Cosine similarity of each sentence to the source sentence (huggingface_hub's
     `sentence_similarity`)."""
     model = engines.select(Task.EMBED, req.model)
+    return await similarity_scores(model, req, limit=settings.max_client_batch_size)
+
+
+async def similarity_scores(
+    model: ModelEngine, req: s.SimilarityRequest, *, limit: int
+) -> Response:
+    """`/similarity`'s answer from `model`."""
     params = req.parameters or s.SimilarityParameters()
     texts = [req.inputs.source_sentence, *req.inputs.sentences]
-    shaping.as_list(req.inputs.sentences, limit=settings.max_client_batch_size)
+    shaping.as_list(req.inputs.sentences, limit=limit)
     result = await model.embed(
         texts,
         normalize=True,
