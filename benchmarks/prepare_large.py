@@ -42,7 +42,7 @@ from ember.bench import tiny_models
 shape = {shape!r}
 config = BertConfig(
     **shape,
-    num_attention_heads=16 if shape["hidden_size"] >= 1024 else 2,
+    num_attention_heads=max(2, shape["hidden_size"] // 64),
     intermediate_size=4 * shape["hidden_size"],
     max_position_embeddings=514,
 )
@@ -111,10 +111,16 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp)")
     parser.add_argument("--keep", action="store_true", help="keep the model and the artifact")
     parser.add_argument("--quick", action="store_true", help="a tiny model: check the script")
+    parser.add_argument(
+        "--shape", default=None, help="LAYERS,HIDDEN,VOCAB instead of 24,1024,250002"
+    )
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ember-prepare-large-"))
     work.mkdir(parents=True, exist_ok=True)
     shape = QUICK if args.quick else LARGE
+    if args.shape:
+        layers, hidden, vocab = (int(v) for v in args.shape.split(","))
+        shape = {"num_hidden_layers": layers, "hidden_size": hidden, "vocab_size": vocab}
     try:
         model, out = work / "model", work / "artifacts" / "model-onnx"
         if not (model / "config.json").is_file():

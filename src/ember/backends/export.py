@@ -7,7 +7,6 @@ torch, transformers and onnx are imported inside these functions, never at modul
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -21,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ember import __version__
-from ember.backends.graph_passes import externalize, fuse, quantize, quiet, save_optimized
+from ember.backends.graph_passes import (
+    externalize,
+    fuse,
+    quantize,
+    quiet,
+    release_memory,
+    save_optimized,
+)
 from ember.errors import ModelError
 from ember.manifest import (
     DATA_FILE,
@@ -94,22 +100,26 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
     # Peak memory: the torch weights are not needed past the export (verify compares with the
     # reference outputs computed above).
     del module
-    gc.collect()
+    release_memory()
     fusion = Fusion(fused=False)
     if options.optimize > 0:
         with step("fuse transformer ops"):
             fusion = fuse(spec, graph, _stage(work, "fused"))
             if fusion.fused:
                 graph = _advance(graph, work / "fused")
+        release_memory()
     if options.quantize == "int8":
         with step("quantise to int8"):
             quantize(graph, _stage(work, "int8"))
             graph = _advance(graph, work / "int8")
+        release_memory()
     model_file = out / MODEL_FILE
     with step(f"optimise (ORT level {options.optimize})"):
         save_optimized(graph, _stage(work, "optimized"), options.optimize)
         graph = _advance(graph, work / "optimized")
+        release_memory()
         externalize(graph, model_file, consume=True)
+        release_memory()
     with step("verify against torch"):
         verify, inputs = _verify(
             expected, feeds, model_file, options=options, embed=spec.task is Task.EMBED

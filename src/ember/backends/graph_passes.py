@@ -6,6 +6,8 @@ onnx and onnxruntime's Python tools are imported inside these functions, never a
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import shutil
@@ -43,6 +45,18 @@ ORT_MODEL_TYPES = {
 """transformers model type → the ORT optimiser model type whose fusions apply to it."""
 _CONTRIB = "com.microsoft"
 """The domain of ORT's fused operators (Attention, BiasGelu, SimplifiedLayerNormalization...)."""
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the system between passes (glibc keeps it otherwise: after the
+    export of a 0.56 GB model RSS stayed 2.3 GB above what was live), so that each pass's peak
+    starts from what is live, not from the previous pass's peak."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to trim
+        return
+    libc.malloc_trim(0)
 
 
 @contextmanager
@@ -91,8 +105,9 @@ def _run_fusions(spec: ModelSpec, ort_type: str, source: Path, dest: Path) -> di
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    graph = onnx.load(str(source), load_external_data=False).graph  # the nodes, not the weights
-    before = Counter(n.op_type for n in graph.node if n.domain == _CONTRIB)
+    # Loaded once, here, and handed to the optimiser (which would load it again from a path).
+    proto = onnx.load(str(source))
+    before = Counter(n.op_type for n in proto.graph.node if n.domain == _CONTRIB)
     config = json.loads((spec.path / "config.json").read_text(encoding="utf-8"))
     heads = int(config.get("num_attention_heads", config.get("n_heads", 0)) or 0)
     hidden = int(config.get("hidden_size", config.get("dim", 0)) or 0)
@@ -101,7 +116,7 @@ def _run_fusions(spec: ModelSpec, ort_type: str, source: Path, dest: Path) -> di
     fusions.enable_bias_skip_layer_norm = False
     with quiet(), ort_logs_quiet():
         model = optimize_model(
-            str(source),
+            proto,
             model_type=ort_type,
             num_heads=heads,
             hidden_size=hidden,
