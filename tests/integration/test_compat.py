@@ -149,3 +149,24 @@ async def test_an_unexpected_error_is_a_json_500_and_the_app_keeps_serving(
         assert r.json()["error_type"] == "internal" and "secret" not in r.text
         monkeypatch.undo()
         assert (await client.get("/ready")).status_code == 200
+
+
+async def test_rerank_with_documents_answers_infinitys_shape(three: list[str]) -> None:
+    """Infinity's `/rerank` (litellm's `infinity/` provider) sends `documents`, not TEI's `texts`,
+    and reads Cohere v1's answer; TEI's body keeps TEI's ranked list."""
+    async with running_app(FakeFactory(), model=three) as (_app, client):
+        docs = ["a short one", "and a second, longer document"]
+        tei = await client.post("/rerank", json={"query": "q", "texts": docs})
+        infinity = await client.post(
+            "/rerank", json={"model": "rr", "query": "q", "documents": docs, "top_n": 1}
+        )
+        assert tei.status_code == 200 and infinity.status_code == 200, infinity.text
+        assert isinstance(tei.json(), list)
+        results = infinity.json()["results"]
+        assert len(results) == 1
+        best = tei.json()[0]
+        assert results[0]["index"] == best["index"]
+        assert results[0]["relevance_score"] == pytest.approx(best["score"])
+        neither = await client.post("/rerank", json={"query": "q"})
+        assert neither.status_code == 422
+        assert "texts" in neither.json()["error"]

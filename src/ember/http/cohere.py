@@ -14,7 +14,7 @@ from ember.http.deps import EnginesDep, SettingsDep, StateDep, on
 from ember.http.errors import OPENAI_ERRORS, TEI_ERRORS
 from ember.http.openai import encode_as
 from ember.http.shaping import JSON
-from ember.http.tei import rerank_items
+from ember.http.tei import rerank_items, v1_rerank_response
 from ember.models import Task
 
 router = APIRouter(tags=["Cohere"])
@@ -42,22 +42,7 @@ def _prompt(model: ModelEngine, input_type: str | None) -> str | None:
 @on(router, table.V1_RERANK, response_model=s.V1RerankResponse, responses=OPENAI_ERRORS)
 async def v1_rerank(req: s.V1RerankRequest, engines: EnginesDep, settings: SettingsDep) -> Response:
     model = engines.select(Task.RERANK, req.model)
-    tei = s.RerankRequest(
-        query=req.query,
-        texts=req.documents,
-        raw_scores=req.raw_scores,
-        truncate=req.truncate,
-    )
-    items, tokens, headers = await rerank_items(model, tei, limit=settings.max_client_batch_size)
-    body = shaping.v1_rerank(
-        items,
-        req.documents,
-        top_n=req.top_n,
-        return_documents=req.return_documents,
-        model=model.spec.name,
-        tokens=tokens,
-    )
-    return JSON(body, headers=headers)
+    return await v1_rerank_response(model, req, limit=settings.max_client_batch_size)
 
 
 @on(router, table.V2_RERANK, response_model=s.CohereRerankResponse, responses=TEI_ERRORS)

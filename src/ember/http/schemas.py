@@ -259,7 +259,8 @@ class V1RerankDocument(TypedDict):
 class V1RerankResult(TypedDict):
     index: int
     relevance_score: float
-    document: NotRequired[V1RerankDocument]
+    document: NotRequired[V1RerankDocument | str]
+    """`{"text": ...}` (Cohere v1, Jina); a plain string in Infinity's shape (`/rerank`)."""
 
 
 class RerankUsage(TypedDict):

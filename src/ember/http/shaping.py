@@ -278,13 +278,16 @@ def v1_rerank(
     return_documents: bool,
     model: str,
     tokens: int,
+    document_as_text: bool = False,
 ) -> s.V1RerankResponse:
-    """The Cohere / Jina rerank answer from TEI's ranked items."""
+    """The Cohere / Jina rerank answer from TEI's ranked items; Infinity's answer is the same
+    but for each `document`, a plain string there (`document_as_text`)."""
     results: list[s.V1RerankResult] = []
     for item in items[:top_n] if top_n is not None else items:
         entry: s.V1RerankResult = {"index": item["index"], "relevance_score": item["score"]}
         if return_documents:
-            entry["document"] = {"text": texts[item["index"]]}
+            text = texts[item["index"]]
+            entry["document"] = text if document_as_text else {"text": text}
         results.append(entry)
     return {"model": model, "results": results, "usage": {"total_tokens": tokens}}
 

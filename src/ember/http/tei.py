@@ -93,6 +93,27 @@ async def rerank_items(
     return items, result.tokens, headers
 
 
+async def v1_rerank_response(
+    model: ModelEngine, req: s.V1RerankRequest, *, limit: int, document_as_text: bool = False
+) -> Response:
+    """Rerank answered in Cohere v1's shape (`/v1/rerank`, and `/rerank` bodies that name
+    `documents` as Infinity's and Cohere's clients send them)."""
+    tei = s.RerankRequest(
+        query=req.query, texts=req.documents, raw_scores=req.raw_scores, truncate=req.truncate
+    )
+    items, tokens, headers = await rerank_items(model, tei, limit=limit)
+    body = shaping.v1_rerank(
+        items,
+        req.documents,
+        top_n=req.top_n,
+        return_documents=req.return_documents,
+        model=model.spec.name,
+        tokens=tokens,
+        document_as_text=document_as_text,
+    )
+    return JSON(body, headers=headers)
+
+
 async def predict_response(model: ModelEngine, req: s.PredictRequest, *, limit: int) -> Response:
     inputs = req.inputs
     if isinstance(inputs, list) and inputs and not _textual(inputs):
@@ -155,10 +176,18 @@ async def embed(req: s.EmbedRequest, engines: EnginesDep, settings: SettingsDep)
     return await embed_rows(model, req, limit=settings.max_client_batch_size)
 
 
-@on(router, table.RERANK, response_model=list[s.RankItem])
-async def rerank(req: s.RerankRequest, engines: EnginesDep, settings: SettingsDep) -> Response:
+@on(router, table.RERANK, response_model=list[s.RankItem] | s.V1RerankResponse)
+async def rerank(
+    req: s.RerankRequest | s.V1RerankRequest, engines: EnginesDep, settings: SettingsDep
+) -> Response:
+    """TEI's body (`query`, `texts`) answers TEI's ranked list; a body with `documents` instead
+    (Infinity's `/rerank`, litellm's `infinity/` provider) answers Infinity's: Cohere v1's
+    shape with each document as a plain string."""
     model = engines.select(Task.RERANK, req.model)
-    items, _, headers = await rerank_items(model, req, limit=settings.max_client_batch_size)
+    limit = settings.max_client_batch_size
+    if isinstance(req, s.V1RerankRequest):
+        return await v1_rerank_response(model, req, limit=limit, document_as_text=True)
+    items, _, headers = await rerank_items(model, req, limit=limit)
     return JSON(items, headers=headers)
 
 
