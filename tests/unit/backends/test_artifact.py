@@ -534,3 +534,13 @@ def test_every_pass_reads_and_writes_external_data(
     path = dest
     assert manifest.verify["min_cosine"] > (0.99 if quantize == "int8" else 0.9999)
     assert serve(path, settings).run(BATCH).shape == (2, tiny_models.HIDDEN)
+
+
+def test_an_artifact_prepared_before_fusions_were_recorded_still_serves(
+    tiny_artifact: Path, tmp_path: Path, settings: Settings
+) -> None:
+    copy = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, copy)
+    _edit_manifest(lambda d: d.pop("optimization"))(copy)
+    assert load_manifest(copy).fusion is None
+    assert serve(copy, settings).describe()["optimization"] == {"fused": True}
