@@ -7,9 +7,9 @@
 The mix, from what `/info` says the server serves: TEI `/embed` with one text and with batches
 of 2..max texts, OpenAI `/v1/embeddings` with base64, `/rerank` and `/predict` when a reranker or
 classifier is served. Text lengths vary from a few words to past the model's max length.
-`--concurrency` virtual users each hold one keep-alive connection (ember.bench.client: raw
-HTTP/1.1 on asyncio, cheap enough not to take the cores from the server) and send the next
-request when the previous one is answered. Every 200 body is checked for its shape.
+`--concurrency` virtual users run `ember bench load`'s one closed loop (ember.bench.load: one
+keep-alive connection each, the next request when the previous one is answered, back-off on
+429) over a mixed workload (ember.bench.workloads). Every 200 body is checked for its shape.
 
 Per interval (`--interval`, 60 s): requests, errors by status or connection failure, latency
 p50/p90/p99 and the server's RSS. At the end: a JSON document (`--out`) and a markdown summary
@@ -30,7 +30,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,24 +37,14 @@ from typing import Any
 
 import orjson
 
-from ember.bench.client import Endpoint, HttpConnection, HttpError, make_text, parse_url
-from ember.bench.load import latency_summary
+from ember.bench.client import Endpoint, HttpConnection, make_text, parse_url
+from ember.bench.load import closed_loop, latency_summary
+from ember.bench.process import tree_rss_mb
 from ember.bench.startup import machine_info
+from ember.bench.workloads import Custom, Mixed, Request
 
 RSS_DRIFT_LIMIT_PCT = 5.0
 """The issue's bar: RSS at the end within 5% of the start."""
-
-
-@dataclass(frozen=True, slots=True)
-class Kind:
-    """One kind of request in the mix: how to build it and how to check its answer."""
-
-    name: str
-    path: str
-    weight: float
-    build: Callable[[random.Random], tuple[bytes, int]]
-    """rng → (body, how many results the answer must hold)."""
-    check: Callable[[Any, int], bool]
 
 
 @dataclass(slots=True)
@@ -66,6 +55,31 @@ class Interval:
     requests: int = 0
 
 
+@dataclass(slots=True)
+class Intervals:
+    """The loop's sink: each answer counted in the interval it arrived in; answers after the
+    deadline count in the last interval, not a stub one."""
+
+    started: float
+    seconds: float
+    last_index: int
+    rows: list[Interval] = field(default_factory=list)
+    issued: int = 0
+
+    def record(self, request: Request, ms: float, error: str | None) -> None:
+        now = time.perf_counter()
+        index = min(int((now - self.started) // self.seconds), self.last_index)
+        while len(self.rows) <= index:
+            self.rows.append(Interval())
+        slot = self.rows[index]
+        slot.requests += 1
+        slot.by_kind[request.kind] += 1
+        if error is None:
+            slot.latencies_ms.append(ms)
+        else:
+            slot.errors[error] += 1
+
+
 def _words(rng: random.Random, max_words: int) -> int:
     """Mostly short and medium texts, some long, a few past the max length (truncated)."""
     roll = rng.random()
@@ -74,11 +88,11 @@ def _words(rng: random.Random, max_words: int) -> int:
     if roll < 0.85:
         return rng.randint(20, 80)
     if roll < 0.97:
-        return rng.randint(80, max_words)
+        return rng.randint(min(80, max_words), max_words)  # a short max length: up to it
     return rng.randint(max_words, max_words * 2)
 
 
-def build_mix(info: dict[str, Any]) -> list[Kind]:
+def build_mix(info: dict[str, Any]) -> list[tuple[float, Custom]]:
     """The request kinds the server's models allow, with their weights."""
     limit = int(info.get("max_client_batch_size") or 32)
     models = info.get("models") or []
@@ -86,7 +100,7 @@ def build_mix(info: dict[str, Any]) -> list[Kind]:
     for model in models:
         by_task.setdefault(model["task"], []).append(model)
     named = len(models) > 1  # several models: every request names its own
-    kinds: list[Kind] = []
+    kinds: list[tuple[float, Custom]] = []
 
     def texts(rng: random.Random, n: int, max_len: int) -> list[str]:
         return [make_text(rng, _words(rng, max(max_len - 2, 8))) for _ in range(n)]
@@ -118,20 +132,23 @@ def build_mix(info: dict[str, Any]) -> list[Kind]:
             body = {"input": texts(rng, n, ml), "encoding_format": "base64", "model": m["model_id"]}
             return orjson.dumps(body), n
 
-        def vectors(parsed: Any, n: int) -> bool:
-            return isinstance(parsed, list) and len(parsed) == n and all(parsed)
+        def vectors(body: bytes) -> int:
+            parsed = orjson.loads(body)
+            if not isinstance(parsed, list) or not all(parsed):
+                raise ValueError("not a list of vectors")
+            return len(parsed)
 
-        def b64(parsed: Any, n: int, dim: Any = dim) -> bool:
-            data = parsed.get("data") if isinstance(parsed, dict) else None
-            if not isinstance(data, list) or len(data) != n:
-                return False
+        def b64(body: bytes, dim: Any = dim) -> int:
+            data = orjson.loads(body)["data"]
             width = len(base64.b64decode(data[0]["embedding"])) // 4
-            return width > 0 and (dim is None or width == dim)
+            if width == 0 or (dim is not None and width != dim):
+                raise ValueError(f"vectors of width {width}, not {dim}")
+            return len(data)
 
         kinds += [
-            Kind("embed-1", "/embed", 0.35, single, vectors),
-            Kind("embed-batch", "/embed", 0.30, batch, vectors),
-            Kind("openai-base64", "/v1/embeddings", 0.20, openai, b64),
+            (0.35, Custom("embed-1", "/embed", single, vectors)),
+            (0.30, Custom("embed-batch", "/embed", batch, vectors)),
+            (0.20, Custom("openai-base64", "/v1/embeddings", openai, b64)),
         ]
 
     for model in by_task.get("rerank", []):
@@ -144,10 +161,13 @@ def build_mix(info: dict[str, Any]) -> list[Kind]:
             query = make_text(rng, rng.randint(3, 12))
             return with_model({"query": query, "texts": texts(rng, n, ml // 2)}, m), n
 
-        def ranked(parsed: Any, n: int) -> bool:
-            return isinstance(parsed, list) and sorted(r["index"] for r in parsed) == list(range(n))
+        def ranked(body: bytes) -> int:
+            indices = sorted(r["index"] for r in orjson.loads(body))
+            if indices != list(range(len(indices))):
+                raise ValueError("rerank indices are not a permutation")
+            return len(indices)
 
-        kinds.append(Kind("rerank", "/rerank", 0.10, rerank, ranked))
+        kinds.append((0.10, Custom("rerank", "/rerank", rerank, ranked)))
 
     for model in by_task.get("classify", []):
         max_len = int(model.get("max_input_length") or 256)
@@ -158,24 +178,22 @@ def build_mix(info: dict[str, Any]) -> list[Kind]:
             n = rng.randint(3, min(8, limit))  # 2 strings would be read as one pair
             return with_model({"inputs": texts(rng, n, ml)}, m), n
 
-        def predictions(parsed: Any, n: int) -> bool:
-            return isinstance(parsed, list) and len(parsed) == n
+        def predictions(body: bytes) -> int:
+            parsed = orjson.loads(body)
+            if not isinstance(parsed, list):
+                raise ValueError("predict answer is not a list")
+            return len(parsed)
 
-        kinds.append(Kind("predict", "/predict", 0.05, predict, predictions))
+        kinds.append((0.05, Custom("predict", "/predict", predict, predictions)))
     if not kinds:
         raise SystemExit(f"/info lists no model this script can load: {models}")
     return kinds
 
 
 def rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    import psutil
-
-    try:
-        return round(float(psutil.Process(pid).memory_info().rss) / 2**20, 1)
-    except psutil.NoSuchProcess:
-        return None
+    """The server's process tree RSS, MiB (workers included)."""
+    rss = None if pid is None else tree_rss_mb(pid)
+    return None if rss is None else round(rss, 1)
 
 
 async def get_json(endpoint: Endpoint, path: str) -> Any:
@@ -194,9 +212,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     info = await get_json(endpoint, "/info")
     ready = await get_json(endpoint, "/ready")
     kinds = build_mix(info)
-    weights = [k.weight for k in kinds]
+    workload = Mixed(kinds)
     rng = random.Random(args.seed)
-    intervals: list[Interval] = []
     rss: list[dict[str, Any]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -206,41 +223,12 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     deadline = started + args.minutes * 60
     rss.append({"t_s": 0.0, "rss_mb": rss_mb(args.server_pid)})
-
-    last_index = max(math.ceil(args.minutes * 60 / args.interval) - 1, 0)
-
-    def interval_at(now: float) -> Interval:
-        # Requests answered after the deadline count in the last interval, not a stub one.
-        index = min(int((now - started) // args.interval), last_index)
-        while len(intervals) <= index:
-            intervals.append(Interval())
-        return intervals[index]
-
-    async def user(conn: HttpConnection) -> None:
-        while not stop.is_set() and time.perf_counter() < deadline:
-            kind = rng.choices(kinds, weights)[0]
-            body, expect = kind.build(rng)
-            t0 = time.perf_counter()
-            try:
-                response = await conn.request("POST", endpoint.prefix + kind.path, body)
-            except HttpError as exc:
-                error: str | None = exc.kind
-            else:
-                error = None if response.status == 200 else str(response.status)
-                if error is None:
-                    try:
-                        good = kind.check(orjson.loads(response.body), expect)
-                    except (ValueError, KeyError, TypeError, IndexError):
-                        good = False
-                    error = None if good else "bad_body"
-            now = time.perf_counter()
-            slot = interval_at(now)
-            slot.requests += 1
-            slot.by_kind[kind.name] += 1
-            if error is None:
-                slot.latencies_ms.append((now - t0) * 1000)
-            else:
-                slot.errors[error] += 1
+    sink = Intervals(
+        started=started,
+        seconds=args.interval,
+        last_index=max(math.ceil(args.minutes * 60 / args.interval) - 1, 0),
+    )
+    intervals = sink.rows
 
     async def sample_rss() -> None:
         while not stop.is_set() and time.perf_counter() < deadline:
@@ -265,8 +253,21 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         HttpConnection(endpoint.host, endpoint.port, timeout=args.timeout)
         for _ in range(args.concurrency)
     ]
+    users = (
+        closed_loop(
+            conn,
+            workload,
+            prefix=endpoint.prefix,
+            rng=rng,
+            deadline=deadline,
+            max_requests=sys.maxsize,
+            sink=sink,
+            stop=stop,
+        )
+        for conn in conns
+    )
     try:
-        await asyncio.gather(sample_rss(), *(user(c) for c in conns))
+        await asyncio.gather(sample_rss(), *users)
     finally:
         await asyncio.gather(*(c.close() for c in conns))
     elapsed = time.perf_counter() - started
@@ -309,7 +310,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "interval_s": args.interval,
             "concurrency": args.concurrency,
             "seed": args.seed,
-            "mix": {k.name: k.weight for k in kinds},
+            "mix": {kind.kind: weight for weight, kind in kinds},
         },
         "elapsed_s": round(elapsed, 1),
         "requests": sum(s.requests for s in intervals),

@@ -14,18 +14,16 @@ import pytest
 from fastapi import FastAPI
 
 from ember.bench import tiny_models
+from ember.bench.tiny_families import build_families
 from ember.engine.registry import BackendFactory
 from ember.http.app import app_state, create_app
 from ember.settings import Settings
 from tests.fakes import FakeFactory
 
-FAST = {
-    "max_batch_tokens": 512,
-    "max_batch_requests": 8,
-    "seq_buckets": [16, 64],
-    "max_input_length": 128,
-}
-"""Small buckets, so warm-up in tests takes milliseconds with a fake backend."""
+FAST = {"max_input_length": 128}
+"""Default settings but one: tiny-model references truncate at 128 tokens alike
+(tests/integration/conftest.py `MAX_LENGTH`). Buckets stay at their defaults: pinning them
+hid a warm-up that could not become ready on real rerankers (issue 13)."""
 
 
 @pytest.fixture
@@ -85,3 +83,9 @@ def tiny_classifier(tiny_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_dir: Path) -> Path:
     return tiny_models.build_embedder(tiny_dir / "embedder")
+
+
+@pytest.fixture(scope="session")
+def tiny_families(tiny_dir: Path) -> dict[str, Path]:
+    """One tiny model folder per family of the matrix (`tiny_families.FAMILIES`), built once."""
+    return build_families(tiny_dir / "families")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
 
 import numpy as np
 
-from ember.backends.base import Batch, FloatArray
+from ember.backends.base import TORCH_CPU_SEQ, Batch, Capabilities, FloatArray
 from ember.errors import ModelError
 from ember.models import ModelSpec, Task
 from ember.settings import Settings
@@ -17,17 +18,34 @@ POISON = 7777
 """A token id; a batch holding it raises inside the backend (a fault in one batch)."""
 
 
+CPU_EXACT = Capabilities(device="cpu", lengths="exact", warm="cover", output_width=0)
+"""Batches like ONNX Runtime on CPU, the default backend: every length a shape, a cover warmed."""
+CPU_COARSE = Capabilities(
+    device="cpu",
+    lengths="coarse",
+    seq_buckets=TORCH_CPU_SEQ,
+    pads_rows=True,
+    warm="all",
+    output_width=0,
+)
+"""Batches like torch on CPU: ~1.5x length steps, power-of-two rows, every shape warmed."""
+
+
 class FakeBackend:
-    """Each row's vector is a function of its token ids, so results can be checked."""
+    """Each row's vector is a function of its token ids, so results can be checked. It batches
+    as `capabilities` says (the default backend's, unless a test asks for another)."""
 
     name = "fake"
 
-    def __init__(self, spec: ModelSpec, *, delay: float = 0.0) -> None:
+    def __init__(
+        self, spec: ModelSpec, *, delay: float = 0.0, capabilities: Capabilities = CPU_EXACT
+    ) -> None:
         self.spec = spec
         self.delay = delay
         self.width = (
             (spec.hidden_size or 8) if spec.task is Task.EMBED else max(len(spec.labels), 1)
         )
+        self.capabilities = dataclasses.replace(capabilities, output_width=self.width)
         self.batches: list[tuple[int, int]] = []
         self.fail_next_shape: tuple[int, int] | None = None
 
@@ -55,9 +73,16 @@ class FakeBackend:
 class FakeFactory:
     """A backend factory whose load can be held (to observe the loading stage) or fail."""
 
-    def __init__(self, *, delay: float = 0.0, fail: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        delay: float = 0.0,
+        fail: str | None = None,
+        capabilities: Capabilities = CPU_EXACT,
+    ) -> None:
         self.delay = delay
         self.fail = fail
+        self.capabilities = capabilities
         self.release = threading.Event()
         self.release.set()
         self.backends: list[FakeBackend] = []
@@ -69,6 +94,6 @@ class FakeFactory:
         self.release.wait(timeout=30)
         if self.fail:
             raise ModelError(self.fail)
-        backend = FakeBackend(spec, delay=self.delay)
+        backend = FakeBackend(spec, delay=self.delay, capabilities=self.capabilities)
         self.backends.append(backend)
         return backend

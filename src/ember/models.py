@@ -209,6 +209,9 @@ def _sentence_transformers_layout(path: Path) -> tuple[str | None, bool, int | N
     dimension: int | None = None
     for module in modules:
         kind = str(module.get("type", ""))
+        if kind.endswith("SpladePooling"):
+            # Read as a Pooling config it looks like mean pooling: wrong vectors, no error.
+            raise ModelError(f"{path}: SPLADE (sparse) models are not supported yet")
         if kind.endswith("Pooling"):
             cfg = _read_json(path / module.get("path", "") / "config.json")
             found = cfg.get("embedding_dimension", cfg.get("word_embedding_dimension"))

@@ -17,17 +17,22 @@ def serve(settings: Settings) -> int:
         from ember.workers import supervise
 
         return supervise(settings)
+    from ember import early
     from ember.engine.registry import Engines
 
     engines = Engines(settings)
+    early.describe_with(engines.snapshot)
     # Load on a thread now: creating the inference session (which releases the GIL) overlaps
     # importing FastAPI and uvicorn. The port still opens before loading finishes.
     engines.preload()
     from ember.http.app import create_app
     from ember.http.serving import run
 
-    run(create_app(settings, engines=engines), settings)
-    return 0
+    app = create_app(settings, engines=engines)
+    # The socket `python -m ember` bound before importing anything heavy, if it did.
+    sock = early.take(host=settings.host, port=settings.port)
+    run(app, settings, sockets=[sock] if sock else None)
+    return logs.exit_now(0)
 
 
 def _serve_reload(settings: Settings) -> int:

@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     """Address to bind."""
     port: int = Field(default=8080, ge=0, le=65535)
     """Port to bind (0 picks a free one)."""
+    http_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    """Largest request line plus headers in bytes (431 above, before auth and before the body;
+    Node's default; the API needs ~1 KB)."""
+    http_max_headers: int = Field(default=100, ge=8)
+    """Most request headers (431 above; hyper's default, as TEI)."""
+    http_header_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a connection gets to send a whole request head (408 after): a slow-header client
+    holds no worker and no shutdown."""
+    http_body_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a request may go without sending body data while its body is incomplete (408)."""
 
     # --- models ----------------------------------------------------------------------
     model: Annotated[list[str], NoDecode] = Field(
@@ -72,17 +82,22 @@ class Settings(BaseSettings):
     )
     """Model to serve, repeatable: a local folder, an id in the offline Hugging Face cache, or
     `builtin`; `NAME=SOURCE` sets its served name. Default: the built-in all-MiniLM-L6-v2."""
-    served_model_name: str | None = None
-    """Name clients use for the (single) model; default: derived from the model source."""
+    served_model_name: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Names clients use for the (single) model, repeatable or comma-separated: the first is the
+    name responses carry, the others are aliases; default: derived from the model source."""
     pooling: Pooling | None = None
     """Pooling for plain transformers folders (sentence-transformers folders carry their own)."""
     device: Device = "auto"
     """Where to run: cuda when available under `auto`."""
     dtype: DType = "auto"
     """Compute dtype: float32 on CPU and float16 on CUDA under `auto`."""
+    strict_model_names: bool = False
+    """Answer 404 to a `model` name not served. Off: when one model serves a route's task, any
+    name selects it (TEI ignores the field; OpenAI clients send their own model names)."""
     backend: BackendName = "auto"
     """Inference backend. Under `auto`: `onnx` on CPU (prepared on first use); on CUDA `cupy`
-    for plain BERT models in float16 when CuPy is installed (no torch import), else `torch`."""
+    for BERT-shaped models (BERT, RoBERTa, XLM-R, DistilBERT) in float16 when CuPy is installed
+    (no torch import), else `torch`."""
     quantize: Quantize = "none"
     """ONNX weight quantisation: `int8` (dynamic, VNNI) trades a little accuracy for speed."""
     cache_dir: Path = Field(default_factory=_default_cache_dir)
@@ -94,8 +109,10 @@ class Settings(BaseSettings):
     pid) before the load fails; 0 waits forever."""
 
     # --- limits ----------------------------------------------------------------------
-    max_client_batch_size: int = Field(default=32, ge=1)
-    """Most inputs in one request (413 above)."""
+    max_client_batch_size: int = Field(default=2048, ge=1)
+    """Most inputs in one request (413 above). OpenAI's limit, not TEI's 32: clients batch
+    by their own defaults (langchain-openai 1000, llama-index 100); the payload limit and the
+    queue bound limit the work."""
     max_input_length: int | None = Field(default=None, ge=2)
     """Cap on tokens per input, below the model's own maximum; default: the model's."""
     auto_truncate: bool = True
@@ -109,10 +126,18 @@ class Settings(BaseSettings):
     """Most rows in one batch; default 32 on CPU, 256 on CUDA."""
     max_concurrent_requests: int = Field(default=512, ge=1)
     """Most inputs queued or running at once; past it requests get 429 at once."""
+    max_queued_tokens: int = Field(default=1 << 20, ge=1)
+    """Most work queued or running at once, in tokens (an input counts its characters until it
+    is tokenised, then its tokens); past it requests get 429 at once. 2^20 holds one request of
+    2048 inputs of 512 tokens (OpenAI's most); a larger one is admitted when nothing is queued."""
+    tokenizer_workers: int | None = Field(default=None, ge=1)
+    """Threads tokenising large requests off the event loop (the tokenizer releases the GIL);
+    default: the cores this process may use."""
     seq_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    """Padded sequence lengths a batch may have (capped at the max input length); default:
-    steps of 8 to 64, then 16, 32, 64 for onnx on CPU; ~1.5x steps for torch on CPU; 16, 32,
-    ..., 512 on CUDA."""
+    """Padded sequence lengths a batch may have (capped at the max input length); default, from
+    the backend: every length for onnx on CPU (a batch is padded to its longest input); ~1.5x
+    steps for torch on CPU; 16, 32, ..., 512 on CUDA. Lengths below the task's shortest input
+    (its special tokens) are dropped: no input can reach them."""
     row_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
     """Row counts a batch may have; default: every count for onnx on CPU (no padded rows),
     powers of two for torch."""
@@ -135,7 +160,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins allowed by CORS; empty turns CORS off."""
     shutdown_timeout: float = Field(default=30.0, ge=0)
-    """Seconds in-flight requests get to finish after SIGTERM."""
+    """Seconds in-flight and queued requests get to finish after SIGTERM, SIGINT or SIGHUP
+    (all three drain; a second signal finishes now); what is unfinished then gets a 503 with
+    Retry-After and the process exits within this + 1 s."""
     exit_on_failure: bool = False
     """Exit (status 1) when loading or warm-up fails, instead of staying up not-ready."""
     log_level: LogLevel = "info"
@@ -150,21 +177,27 @@ class Settings(BaseSettings):
     """On CUDA, capture each warm-up shape as a CUDA graph where its replay measures faster
     than the eager forward."""
     torch_native: bool = True
-    """Run plain BERT models with ember's own torch encoder (no transformers import: seconds
+    """Run BERT-shaped models with ember's own torch encoder (no transformers import: seconds
     less to ready); off: transformers for every model."""
     workers: int = Field(default=1, ge=1)
     """Replica processes serving one port (SO_REUSEPORT), each with its own model copy; `/ready`
     says 200 only when all are warm. On a GPU, 2-4 lift the Python ceiling (docs/gpu.md)."""
+    worker_heartbeat_timeout: float = Field(default=5.0, gt=0)
+    """With `--workers`: seconds without a heartbeat from a worker's event loop (it beats every
+    0.1 s) after which the supervisor kills and replaces it as hung."""
 
-    _split = field_validator("model", "seq_buckets", "row_buckets", "cors_origins", mode="before")(
-        _split_list
-    )
+    _split = field_validator(
+        "model", "served_model_name", "seq_buckets", "row_buckets", "cors_origins", mode="before"
+    )(_split_list)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if any(b < 1 for b in self.seq_buckets + self.row_buckets):
             raise ValueError("buckets must be positive")
         self.seq_buckets = sorted(set(self.seq_buckets))
+        # `--served-model-name a,b` on the command line arrives as one appended value.
+        names = [n.strip() for value in self.served_model_name for n in value.split(",")]
+        self.served_model_name = list(dict.fromkeys(n for n in names if n))
         self.row_buckets = sorted(set(self.row_buckets))
         return self
 

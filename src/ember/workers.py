@@ -1,4 +1,5 @@
-"""`ember serve --workers N`: N replicas of the whole server on one port, ready together.
+"""`ember serve --workers N`: N replicas of the whole server on one port, ready together,
+replaced when they die or hang.
 
 Why replicas: on a GPU one ember process is bound by Python (HTTP parsing, validation,
 tokenisation, JSON), not by the device: measured on an H100 (docs/gpu.md), one process serves
@@ -10,25 +11,43 @@ process hops per batch; at these model sizes memory is cheap and the hops are no
 
 How: the supervisor (this process) starts N `python -m ember.workers` children and hands each
 its settings on stdin (the API key never goes on a command line). Every child binds the port
-with SO_REUSEPORT, so the kernel spreads connections over them, and publishes its stage in a
-small shared file; a child answers `/ready` 200 only when every child is ready, so a load
-balancer never sees "ready" while a sibling still warms. SIGTERM/SIGINT are passed on (each
-child drains); if a child dies, the others are stopped and the supervisor exits with its code.
+with SO_REUSEPORT, so the kernel spreads connections over them, and publishes its stage and a
+heartbeat (from its event loop, every 0.1 s) in a small shared file.
+
+The rules:
+- `/ready` answers 200 only while every worker is ready and has beaten within the last
+  second, so a load balancer never sees "ready" while a sibling warms, is restarting or hangs.
+- A worker that exits while the server is not stopping is started again after a back-off
+  (0.5 s, doubling to 10 s; reset once it is ready); its slot reads "not ready" at once. The
+  replacement binds the shared port only once it is ready, so the kernel sends it no
+  connections while it loads (its siblings serve them).
+- A worker whose heartbeat is older than `--worker-heartbeat-timeout` (stopped, or its event
+  loop blocked) is killed and replaced the same way: its socket would otherwise swallow the
+  connections the kernel gives it.
+- SIGTERM, SIGINT and SIGHUP are passed on (each child drains; a second signal finishes now);
+  a child still there after the shutdown budget is killed.
+- The shared file is removed on every exit: by the supervisor, or, if the supervisor was
+  killed outright, by the workers, which notice and stop; files of dead supervisors are
+  removed at the next start.
 Prometheus scrapes reach one child at a time: each serves its own /metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +60,15 @@ log = logging.getLogger("ember.workers")
 _CODES = {"starting": 1, "loading": 2, "warming": 3, "ready": 4, "failed": 5, "draining": 6}
 _READY = _CODES["ready"]
 _BACKLOG = 2048
+_PREFIX = "ember-workers-"
+_SLOT = 16  # per worker: its stage code (byte 0) and its last heartbeat (bytes 8-16, monotonic)
+_BEAT_SECONDS = 0.1
+_FRESH_SECONDS = 1.0  # a ready worker counts for /ready only with a heartbeat this recent
+_BACKOFF = (0.5, 10.0)
+# A worker answers its last requests by the shutdown timeout + 0.2 s and exits well within 1 s
+# after it; one still there after this (stopped, stuck) is killed, so the whole server is gone
+# within the timeout + 1 s too.
+_KILL_AFTER = 0.9
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -60,80 +88,218 @@ def _settings_payload(settings: Settings, *, port: int) -> bytes:
     return orjson.dumps(data)
 
 
+class SharedState:
+    """The file the workers share: one slot per worker with its stage code and heartbeat.
+    `time.monotonic` is CLOCK_MONOTONIC, one clock for every process of the machine."""
+
+    def __init__(self, path: Path, *, workers: int) -> None:
+        self.path = path
+        self.workers = workers
+        self._fd = os.open(path, os.O_RDWR)
+
+    @classmethod
+    def create(cls, *, workers: int) -> SharedState:
+        folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+        remove_orphans(folder)
+        fd, name = tempfile.mkstemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=folder)
+        os.write(fd, bytes(_SLOT * workers))
+        os.close(fd)
+        return cls(Path(name), workers=workers)
+
+    def publish(self, index: int, code: int) -> None:
+        os.pwrite(self._fd, bytes([code]), _SLOT * index)
+
+    def beat(self, index: int, at: float) -> None:
+        os.pwrite(self._fd, struct.pack("d", at), _SLOT * index + 8)
+
+    def clear(self, index: int) -> None:
+        os.pwrite(self._fd, bytes(_SLOT), _SLOT * index)
+
+    def read(self) -> list[tuple[int, float]]:
+        """(stage code, last heartbeat) per worker."""
+        raw = os.pread(self._fd, _SLOT * self.workers, 0)
+        return [
+            (raw[i * _SLOT], struct.unpack_from("d", raw, i * _SLOT + 8)[0])
+            for i in range(self.workers)
+        ]
+
+    def ready_count(self) -> int:
+        now = time.monotonic()
+        return sum(code == _READY and now - beat < _FRESH_SECONDS for code, beat in self.read())
+
+    def close(self, *, remove: bool) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        if remove:
+            self.path.unlink(missing_ok=True)
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Remove the shared files of supervisors that no longer run (killed outright)."""
+    removed = []
+    for path in folder.glob(f"{_PREFIX}*"):
+        try:
+            pid = int(path.name[len(_PREFIX) :].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        except (ValueError, PermissionError):
+            continue  # not ours, or another user's live supervisor
+    return removed
+
+
 # --- supervisor -------------------------------------------------------------------------------
 
 
+@dataclass
+class _Slot:
+    index: int
+    child: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    failures: int = 0
+    restart_at: float | None = None
+    ready_once: bool = False
+
+
 def supervise(settings: Settings) -> int:
-    """Run `settings.workers` replicas until they exit or a signal stops them."""
+    """Run `settings.workers` replicas, replacing any that dies or hangs, until a signal."""
     n = settings.workers
     # Port 0: pick one free port for all. The reserving socket never listens, so the kernel
-    # sends it no connections; it only keeps the port ours until the children have bound it.
+    # sends it no connections; it only keeps the port ours while children (re)bind it.
     reserve = reuseport_socket(settings.host, settings.port)
     port = reserve.getsockname()[1]
-    folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    fd, name = tempfile.mkstemp(prefix="ember-workers-", dir=folder)
-    os.write(fd, bytes(n))
-    os.close(fd)
-    state = Path(name)
-    started = time.monotonic()
+    state = SharedState.create(workers=n)
     payload = _settings_payload(settings, port=port)
-    children: list[subprocess.Popen[bytes]] = []
-    for index in range(n):
+    slots = [_Slot(index=i) for i in range(n)]
+
+    def start(slot: _Slot) -> None:
+        state.clear(slot.index)
         # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which passes
         # it on once (a second signal would make a child skip draining).
         child = subprocess.Popen(
-            [sys.executable, "-m", "ember.workers", str(index), str(n), str(state)],
+            [
+                *(sys.executable, "-m", "ember.workers"),
+                *(str(slot.index), str(n), str(state.path)),
+                *(["late"] if slot.restarts else []),
+            ],
             stdin=subprocess.PIPE,
             process_group=0,
         )
         assert child.stdin is not None
         child.stdin.write(payload)
         child.stdin.close()
-        children.append(child)
-    log.info("started %d workers on port %d (pids %s)", n, port, [c.pid for c in children])
+        slot.child, slot.restart_at, slot.ready_once = child, None, False
+
+    begun = time.monotonic()
+    for slot in slots:
+        start(slot)
+    log.info(
+        "started %d workers on port %d (pids %s)", n, port, [s.child.pid for s in slots if s.child]
+    )
 
     stopping = threading.Event()
+    stop_deadline = [float("inf")]
 
     def forward(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            stop_deadline[0] = time.monotonic() + settings.shutdown_timeout + _KILL_AFTER
+        else:
+            stop_deadline[0] = min(stop_deadline[0], time.monotonic() + _KILL_AFTER)
         stopping.set()
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+        for slot in slots:
+            if slot.child is not None and slot.child.poll() is None:
+                slot.child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
     announced = False
-    code = 0
     try:
-        while any(c.poll() is None for c in children):
-            if not announced and state.read_bytes() == bytes([_READY]) * n:
+        while True:
+            now = time.monotonic()
+            shared = state.read()
+            if stopping.is_set():
+                alive = [s.child for s in slots if s.child is not None and s.child.poll() is None]
+                if not alive:
+                    break
+                if now > stop_deadline[0]:
+                    log.error(
+                        "workers %s still running after the shutdown budget: killing",
+                        [c.pid for c in alive],
+                    )
+                    for child in alive:
+                        child.kill()
+                time.sleep(0.05)
+                continue
+            for slot in slots:
+                _watch(slot, shared=shared, now=now, state=state, settings=settings, start=start)
+            if not announced and state.ready_count() == n:
                 announced = True
-                log.info("all %d workers ready in %.2f s", n, time.monotonic() - started)
-            dead = [c for c in children if c.poll() not in (None, 0)]
-            if dead and not stopping.is_set():
-                code = dead[0].returncode
-                log.error("worker pid %d exited with %d; stopping the others", dead[0].pid, code)
-                forward(signal.SIGTERM, None)
+                log.info("all %d workers ready in %.2f s", n, now - begun)
             time.sleep(0.05)
     finally:
         reserve.close()
-        state.unlink(missing_ok=True)
-    return code or max((c.returncode or 0) for c in children)
+        state.close(remove=True)
+    codes = [s.child.returncode or 0 for s in slots if s.child is not None]
+    return max(codes, default=0)
+
+
+def _watch(
+    slot: _Slot,
+    *,
+    shared: list[tuple[int, float]],
+    now: float,
+    state: SharedState,
+    settings: Settings,
+    start: Callable[[_Slot], None],
+) -> None:
+    """One supervisor tick for one worker: restart it when due, notice death or a hang."""
+    if slot.restart_at is not None:
+        if now >= slot.restart_at:
+            slot.restarts += 1
+            start(slot)
+            log.info(
+                "worker %d restarted (pid %d)", slot.index, slot.child.pid if slot.child else -1
+            )
+        return
+    child = slot.child
+    assert child is not None
+    code, beat = shared[slot.index]
+    if code == _READY and not slot.ready_once:
+        slot.ready_once, slot.failures = True, 0
+    why = ""
+    if child.poll() is not None:
+        why = f"exited with {child.returncode}"
+    elif beat and now - beat > settings.worker_heartbeat_timeout:
+        why = f"sent no heartbeat for {now - beat:.1f} s: killed"
+        child.kill()  # SIGKILL also ends a stopped process
+        child.wait()
+    if not why:
+        return
+    state.clear(slot.index)  # not ready from this moment, whatever the file said
+    delay = min(_BACKOFF[1], _BACKOFF[0] * 2**slot.failures)
+    slot.failures += 1
+    slot.restart_at = now + delay
+    log.error("worker %d (pid %d) %s; restarting in %.1f s", slot.index, child.pid, why, delay)
 
 
 # --- one worker ------------------------------------------------------------------------------
 
 
 class ReadyGate:
-    """ASGI wrapper: publishes this worker's stage and holds `/ready` at 503 until every
-    worker is ready (the app's own `/ready` answers when they are)."""
+    """ASGI wrapper: publishes this worker's stage and heartbeat, and holds `/ready` at 503
+    until every worker is ready and alive (the app's own `/ready` answers when they are)."""
 
     def __init__(self, app: Any, *, engines: Any, index: int, workers: int, state: Path) -> None:
         self.app = app
         self.engines = engines
         self.index = index
         self.workers = workers
-        self._fd = os.open(state, os.O_RDWR)
+        self.state = SharedState(state, workers=workers)
+        self._loop_beat = 0.0
+        self._beat_task: Any = None  # held: a task nobody references may be collected
+        self.on_ready: Callable[[], Awaitable[None]] | None = None
+        """Run once, on the event loop, when this worker is first ready."""
         threading.Thread(target=self._publish, name="ember-ready-gate", daemon=True).start()
 
     def _publish(self) -> None:
@@ -141,15 +307,36 @@ class ReadyGate:
         while True:
             code = _CODES.get(self.engines.stage.value, 0)
             if code != last:
-                os.pwrite(self._fd, bytes([code]), self.index)
+                self.state.publish(self.index, code)
                 last = code
+            # The heartbeat is the event loop's (a loop that stopped turning serves nothing);
+            # until the loop runs, this thread's, so a worker that hangs while loading is seen.
+            self.state.beat(self.index, self._loop_beat or time.monotonic())
             # Fast while starting up (readiness is announced within 5 ms), slow once ready.
-            time.sleep(0.005 if code < _READY else 0.1)
+            time.sleep(0.005 if code < _READY else _BEAT_SECONDS)
+
+    async def _beat(self) -> None:
+        import asyncio
+
+        while True:
+            self._loop_beat = time.monotonic()
+            if self.on_ready is not None and self.engines.ready:
+                on_ready, self.on_ready = self.on_ready, None
+                try:
+                    await on_ready()
+                except Exception:
+                    log.exception("worker %d: on-ready step failed", self.index)
+            await asyncio.sleep(_BEAT_SECONDS)
 
     def ready_count(self) -> int:
-        return os.pread(self._fd, self.workers, 0).count(_READY)
+        return self.state.ready_count()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan" and not self._loop_beat:
+            import asyncio
+
+            self._loop_beat = time.monotonic()
+            self._beat_task = asyncio.get_running_loop().create_task(self._beat())
         if scope["type"] == "http" and scope["path"] == "/ready" and self.engines.ready:
             ready = self.ready_count()
             if ready < self.workers:
@@ -178,8 +365,10 @@ class ReadyGate:
 
 
 def worker_main(argv: list[str]) -> int:
-    """`python -m ember.workers INDEX COUNT STATE`, settings as JSON on stdin."""
+    """`python -m ember.workers INDEX COUNT STATE [late]`, settings as JSON on stdin; `late`: a
+    replacement, which takes connections on the shared port only once ready."""
     index, workers, state = int(argv[0]), int(argv[1]), Path(argv[2])
+    late = argv[3:] == ["late"]
     settings = Settings.model_validate(json.loads(sys.stdin.buffer.read()))
     from ember import logs
 
@@ -191,30 +380,54 @@ def worker_main(argv: list[str]) -> int:
 
     def orphaned() -> None:  # the supervisor was killed outright: do not outlive it
         while os.getppid() == parent:
-            time.sleep(0.5)
+            time.sleep(0.2)
+        state.unlink(missing_ok=True)  # nobody else will
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=orphaned, name="ember-parent-watch", daemon=True).start()
     engines = Engines(settings)
     engines.preload()  # load on a thread while the web stack imports, as `ember serve` does
-    import uvicorn
-
     from ember.http.app import create_app
-    from ember.http.serving import DrainingServer
+    from ember.http.serving import server
 
     app = create_app(settings, engines=engines)
+    gate = ReadyGate(app, engines=engines, index=index, workers=workers, state=state)
+    served = server(app, settings, outer=gate)
+    if late:
+        # A replacement joins the port only once warm: the kernel would otherwise give it its
+        # share of new connections while it loads (503s), though its siblings are ready. Until
+        # then uvicorn serves a private socket nobody uses.
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        gate.on_ready = lambda: _join_port(served, settings)
+    else:
+        sock = reuseport_socket(settings.host, settings.port)
+        sock.listen(_BACKLOG)
+    served.run(sockets=[sock])
+
+    return logs.exit_now(0)
+
+
+async def _join_port(served: Any, settings: Settings) -> None:
+    """Start accepting on the shared port with uvicorn's own protocol and state (`served` is
+    the running uvicorn server; its shutdown closes this listener with the others)."""
+    import asyncio
+
+    if served.should_exit:
+        return
+    config = served.config
     sock = reuseport_socket(settings.host, settings.port)
-    sock.listen(_BACKLOG)
-    config = uvicorn.Config(
-        ReadyGate(app, engines=engines, index=index, workers=workers, state=state),
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
-        server_header=False,
-    )
-    DrainingServer(config, settings=settings, app=app).run(sockets=[sock])
-    return 0
+
+    def protocol() -> asyncio.Protocol:
+        made: asyncio.Protocol = config.http_protocol_class(
+            config=config, server_state=served.server_state, app_state=served.lifespan.state
+        )
+        return made
+
+    listener = await asyncio.get_running_loop().create_server(protocol, sock=sock, backlog=_BACKLOG)
+    served.servers.append(listener)
+    log.info("worker: ready; now taking connections on port %d", settings.port)
 
 
 if __name__ == "__main__":

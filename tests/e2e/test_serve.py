@@ -98,7 +98,7 @@ def test_tei_embed_matches_sentence_transformers(server: Server, reference: np.n
     [
         (b"{oops", 422),
         ({"inputs": []}, 422),
-        ({"inputs": ["x"] * 65}, 413),
+        ({"inputs": ["x"] * 2049}, 413),
         ({"inputs": "word " * 400, "truncate": False}, 422),
         ({"inputs": "x", "dimensions": 0}, 422),
         ({"inputs": "x" * 100_000}, 200),
@@ -139,7 +139,8 @@ def _drain_under_load(srv: Server) -> None:
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.05)
+    # Let all eight reach the server: one that arrives after SIGTERM rightly gets a 503.
+    time.sleep(0.5)
     srv.proc.send_signal(signal.SIGTERM)
     status, body = get(srv.url + "/ready")
     assert (status, body["status"]) == (503, "draining")

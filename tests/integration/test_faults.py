@@ -200,7 +200,8 @@ BATCH_DELAY = 0.2
 
 async def test_a_cancelled_request_frees_its_queue_slots_and_skips_its_remaining_batches() -> None:
     factory = FakeFactory(delay=BATCH_DELAY)
-    async with running_app(factory, warmup=False) as (app, client):
+    # Pinned: four full batches must fit in one request (max_client_batch_size).
+    async with running_app(factory, warmup=False, max_batch_requests=8) as (app, client):
         backend = factory.backends[0]
         rows = app_state(app).engines.models[0].buckets.rows[-1]
         texts = [f"text number {i}" for i in range(4 * rows)]  # four full batches
@@ -223,7 +224,9 @@ async def test_a_cancelled_request_frees_its_queue_slots_and_skips_its_remaining
 @contextlib.asynccontextmanager
 async def _served_over_tcp(factory: FakeFactory) -> AsyncIterator[tuple[FastAPI, int]]:
     """The app behind a real uvicorn on a loopback port, in this event loop → (app, port)."""
-    app = create_app(Settings(**{**FAST, "warmup": False}), backend_factory=factory)
+    # Pinned rows: four full batches must fit in one request (max_client_batch_size).
+    settings = Settings(**{**FAST, "warmup": False, "max_batch_requests": 8})
+    app = create_app(settings, backend_factory=factory)
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, lifespan="on", ws="none"
@@ -300,7 +303,8 @@ async def test_a_model_field_naming_a_path_is_not_served_and_loads_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     factory = FakeFactory()
-    async with running_app(factory) as (app, client):
+    # Strict names: otherwise any name selects the one model (issue 14), and the 404 is moot.
+    async with running_app(factory, strict_model_names=True) as (app, client):
         loaded = len(factory.backends)
 
         def no_loading(*args: object, **kwargs: object) -> None:

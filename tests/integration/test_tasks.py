@@ -264,10 +264,10 @@ async def test_wrong_task_is_424_naming_the_models_task(
 
 BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [
     ("rerank empty", "/rerank", {"query": "q", "texts": []}, 422),
-    ("rerank too many", "/rerank", {"query": "q", "texts": ["t"] * 33}, 413),
+    ("rerank too many", "/rerank", {"query": "q", "texts": ["t"] * 2049}, 413),
     ("rerank no query", "/rerank", {"texts": ["t"]}, 422),
     ("v1 rerank empty", "/v1/rerank", {"query": "q", "documents": []}, 422),
-    ("v1 rerank too many", "/v1/rerank", {"query": "q", "documents": ["t"] * 33}, 413),
+    ("v1 rerank too many", "/v1/rerank", {"query": "q", "documents": ["t"] * 2049}, 413),
     ("v1 rerank top_n 0", "/v1/rerank", {"query": "q", "documents": ["t"], "top_n": 0}, 422),
     ("root rerank empty", "/", {"query": "q", "texts": []}, 422),
     ("root wrong body", "/", {"inputs": 5}, 422),
@@ -290,8 +290,8 @@ async def test_rerank_bad_requests(tiny_reranker: Path, cache_dir: Path) -> None
 
 BAD_PREDICT: list[tuple[str, Any, int]] = [
     ("empty", [], 422),
-    ("too many texts", ["t"] * 33, 413),
-    ("too many pairs", [["a", "b"]] * 33, 413),
+    ("too many texts", ["t"] * 2049, 413),
+    ("too many pairs", [["a", "b"]] * 2049, 413),
     ("triple", [["a", "b", "c"]], 422),
     ("number", 5, 422),
 ]

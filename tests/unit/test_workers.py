@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,7 @@ import pytest
 
 from ember.lifecycle import Stage
 from ember.settings import Settings
-from ember.workers import _READY, ReadyGate, _settings_payload
+from ember.workers import _READY, ReadyGate, SharedState, _settings_payload, remove_orphans
 
 
 def test_settings_reach_a_worker_whole_secret_included() -> None:
@@ -52,7 +56,8 @@ async def _call(gate: ReadyGate, path: str) -> tuple[int, dict[str, Any] | None]
 @pytest.mark.anyio
 async def test_ready_waits_for_every_worker(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    state.write_bytes(bytes(2))
+    state.write_bytes(bytes(32))
+    shared = SharedState(state, workers=2)
     passed: list[str] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -66,10 +71,10 @@ async def test_ready_waits_for_every_worker(tmp_path: Path) -> None:
     assert (await _call(gate, "/ready"))[0] == 200 and passed == ["/ready"]
     engines.stage = Stage.READY
     for _ in range(200):  # the gate publishes its stage within a few milliseconds
-        if state.read_bytes()[0] == _READY:
+        if shared.read()[0][0] == _READY:
             break
         await asyncio.sleep(0.005)
-    assert state.read_bytes() == bytes([_READY, 0])
+    assert [code for code, _ in shared.read()] == [_READY, 0]
     status, body = await _call(gate, "/ready")
     assert status == 503 and body == {
         "status": "warming",
@@ -78,5 +83,22 @@ async def test_ready_waits_for_every_worker(tmp_path: Path) -> None:
         "worker": 0,
     }
     assert (await _call(gate, "/health"))[0] == 200  # other routes are never held
-    state.write_bytes(bytes([_READY, _READY]))
+    shared.publish(1, _READY)
+    shared.beat(1, time.monotonic())
     assert (await _call(gate, "/ready"))[0] == 200
+    # A sibling that stops beating (killed, stopped) no longer counts, whatever its stage says.
+    shared.beat(1, time.monotonic() - 2)
+    assert (await _call(gate, "/ready"))[0] == 503
+
+
+def test_shared_files_of_dead_supervisors_are_removed(tmp_path: Path) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    dead = tmp_path / f"ember-workers-{int(gone.stdout)}-abc"
+    alive = tmp_path / f"ember-workers-{os.getpid()}-abc"
+    other = tmp_path / "ember-workers-notapid"
+    for path in (dead, alive, other):
+        path.write_bytes(bytes(16))
+    assert remove_orphans(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and other.exists()

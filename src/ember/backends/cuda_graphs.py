@@ -20,14 +20,13 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ember.backends.base import Batch, DeviceOutOfMemory, FloatArray
+from ember.backends.base import Batch, FloatArray
 from ember.backends.base import is_oom as _is_oom
-from ember.errors import BackendFailure
+from ember.backends.gpu_shapes import ShapeState, run_or_raise_oom, shape_report
 
 if TYPE_CHECKING:
     import torch
@@ -39,20 +38,10 @@ Forward = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tens
 (rows, width) on the device."""
 
 
-@dataclass(slots=True)
-class ShapeState:
-    """What one (rows, seq) shape holds on the device."""
-
-    inputs: torch.Tensor
-    """(3, rows, seq) int64: ids, mask, type ids; graphs read from here."""
-    graph: torch.cuda.CUDAGraph | None = None
-    output: torch.Tensor | None = None
-    """The graph's static output (lives in the shared pool)."""
-    first_ms: float = 0.0
-    """First eager forward (cold kernels), capture excluded."""
-    eager_ms: float = 0.0
-    graph_ms: float | None = None
-    capture_ms: float | None = None
+TorchShape = ShapeState["torch.cuda.CUDAGraph", "torch.Tensor"]
+"""A shape's graph (kept only where its replay beat the eager forward), its own (3, rows, seq)
+int64 input buffer (ids, mask, type ids; the graph reads from there), its static output and
+timings."""
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -73,7 +62,7 @@ class GraphRunner:
         self.device = torch.device(device)
         self.width = width
         self.graphs_enabled = graphs
-        self._shapes: dict[tuple[int, int], ShapeState] = {}
+        self._shapes: dict[tuple[int, int], TorchShape] = {}
         self._pool: Any = torch.cuda.graph_pool_handle()
         self._stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
         self._host_in = torch.empty(3 * 4096, dtype=torch.int64).pin_memory()
@@ -85,24 +74,14 @@ class GraphRunner:
     # --- serving ------------------------------------------------------------------------
 
     def run(self, batch: Batch) -> FloatArray:
-        rows, seq = batch.shape
-        try:
-            return self._run(batch)
-        except BackendFailure:
-            raise
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            log.info("out of memory at %dx%d: %s", rows, seq, exc)
-        # Raised outside the handler: the out-of-memory error's traceback holds the failed
-        # forward's frames and their tensors, which must be freed before the retry.
-        self._release_after_oom()
-        raise DeviceOutOfMemory(f"the GPU ran out of memory for a batch of {rows}x{seq} tokens")
+        oom = (self._torch.OutOfMemoryError,)
+        return run_or_raise_oom(self._run, batch, oom_types=oom, release=self._release_after_oom)
 
     def _run(self, batch: Batch) -> FloatArray:
         state = self._shapes.get(batch.shape)
         if state is None:
             return self._first_run(batch)
+        assert state.inputs is not None
         self._upload(batch, state.inputs)
         if state.graph is not None:
             state.graph.replay()
@@ -144,7 +123,7 @@ class GraphRunner:
         rows, seq = batch.shape
         inputs = torch.empty((3, rows, seq), dtype=torch.int64, device=self.device)
         self._upload(batch, inputs)
-        state = ShapeState(inputs=inputs)
+        state = TorchShape(inputs=inputs)
         current = torch.cuda.current_stream(self.device)
         if self.graphs_enabled and not self._stream_ready:
             # Capture runs on a side stream; a tiny forward there first creates that stream's
@@ -161,15 +140,15 @@ class GraphRunner:
         t0 = time.perf_counter()
         out = self._eager(inputs)
         current.synchronize()
-        state.eager_ms = (time.perf_counter() - t0) * 1000
+        eager_ms = state.eager_ms = (time.perf_counter() - t0) * 1000
         if self.graphs_enabled:
-            self._capture(state)
+            self._capture(state, inputs, eager_ms=eager_ms)
         self._shapes[(rows, seq)] = state
         if state.graph is not None and state.output is not None:
             return self._download(state.output)
         return self._download(out)
 
-    def _capture(self, state: ShapeState) -> None:
+    def _capture(self, state: TorchShape, inputs: torch.Tensor, *, eager_ms: float) -> None:
         torch = self._torch
         graph = torch.cuda.CUDAGraph()
         t0 = time.perf_counter()
@@ -180,7 +159,7 @@ class GraphRunner:
             with torch.inference_mode(), torch.cuda.stream(self._stream):
                 graph.capture_begin(self._pool, capture_error_mode="thread_local")
                 try:
-                    output = self._forward(state.inputs[0], state.inputs[1], state.inputs[2])
+                    output = self._forward(inputs[0], inputs[1], inputs[2])
                 except BaseException:
                     # End the broken capture quietly; the forward's own error is the one to see.
                     with warnings.catch_warnings(), contextlib.suppress(Exception):
@@ -204,7 +183,7 @@ class GraphRunner:
         state.graph_ms = (time.perf_counter() - t0) * 1000
         # Keep the graph only where it measured faster (otherwise the caller answers this
         # batch from the timed eager forward, whose output lives outside the pool).
-        if state.graph_ms < state.eager_ms:
+        if state.graph_ms < eager_ms:
             state.graph = graph
             state.output = output
 
@@ -237,15 +216,4 @@ class GraphRunner:
 
     def shape_report(self) -> list[dict[str, Any]]:
         """Per shape: first eager, steady eager, capture and replay milliseconds (benchmarks)."""
-        return [
-            {
-                "rows": r,
-                "seq": s,
-                "first_ms": round(st.first_ms, 3),
-                "eager_ms": round(st.eager_ms, 3),
-                "capture_ms": None if st.capture_ms is None else round(st.capture_ms, 3),
-                "graph_ms": None if st.graph_ms is None else round(st.graph_ms, 3),
-                "graph": st.graph is not None,
-            }
-            for (r, s), st in sorted(self._shapes.items())
-        ]
+        return shape_report(self._shapes)

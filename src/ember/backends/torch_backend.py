@@ -1,5 +1,6 @@
-"""The torch backend: BERT models with ember's own encoder (others through transformers), on CPU
-or CUDA, pooling done on the device.
+"""The torch backend: BERT models with ember's own encoder (others through transformers, with SDPA
+attention where the family supports it, eager otherwise), on CPU or CUDA, pooling done on the
+device.
 
 On CUDA every bucket shape gets static buffers and, where it measures faster, a CUDA graph
 (`cuda_graphs.GraphRunner`); an out-of-memory raises `DeviceOutOfMemory` so that warm-up can
@@ -33,7 +34,14 @@ from ember.models import ModelSpec, Task
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceOutOfMemory", "TorchBackend", "pick_device", "pick_dtype", "pool"]
+__all__ = [
+    "DeviceOutOfMemory",
+    "TorchBackend",
+    "attention_implementation",
+    "pick_device",
+    "pick_dtype",
+    "pool",
+]
 
 log = logging.getLogger("ember.backends.torch")
 
@@ -71,6 +79,13 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
     summed = (hidden * m).sum(dim=1, dtype=torch.float32)
     counts = m.sum(dim=1, dtype=torch.float32).clamp(min=1e-9)
     return summed / counts
+
+
+def attention_implementation(auto_class: Any, config: Any) -> str:
+    """`sdpa` if the transformers class `auto_class` picks for `config` supports SDPA, else
+    `eager` (MPNet, DeBERTa-v2: transformers refuses SDPA for them rather than falling back)."""
+    model_class = auto_class._model_mapping[type(config)]
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
 Forward = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
@@ -121,6 +136,8 @@ class TorchBackend:
         self.threads = threads
         self._torch = torch
         self.implementation = "transformers"
+        # ember's own encoder uses SDPA; transformers models say what they got when loaded.
+        self.attention = "sdpa"
         forward: Forward | None = None
         if native:
             forward = self._load_native()
@@ -179,18 +196,26 @@ class TorchBackend:
         return logits
 
     def _load_transformers(self) -> Forward:
-        from transformers import AutoModel, AutoModelForSequenceClassification
+        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
         spec = self.spec
         cls = AutoModel if spec.task is Task.EMBED else AutoModelForSequenceClassification
         try:
+            config = AutoConfig.from_pretrained(str(spec.path), local_files_only=True)
+            self.attention = attention_implementation(cls, config)
             model = cls.from_pretrained(
-                str(spec.path), dtype=self.dtype, attn_implementation="sdpa", local_files_only=True
+                str(spec.path),
+                config=config,
+                dtype=self.dtype,
+                attn_implementation=self.attention,
+                local_files_only=True,
             )
         except Exception as exc:
             raise ModelError(f"cannot load weights from {spec.path}: {exc}") from exc
         model = model.to(self.device).eval()
         self.model = model
+        # What transformers settled on, should it ever override the request.
+        self.attention = str(getattr(model.config, "_attn_implementation", None) or self.attention)
         takes_type_ids = "token_type_ids" in inspect.signature(model.forward).parameters
         method = spec.pooling
         embed = spec.task is Task.EMBED
@@ -232,6 +257,9 @@ class TorchBackend:
             "dtype": str(self.dtype).removeprefix("torch."),
             "threads": self.threads if self.device == "cpu" else None,
             "implementation": self.implementation,
+            "family": self.spec.model_type,
+            "architecture": self.spec.architecture,
+            "attention": self.attention,
         }
         if self.device.startswith("cuda"):
             out["sdpa_cudnn"] = self.sdpa_cudnn

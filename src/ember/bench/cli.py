@@ -11,9 +11,12 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ember.bench.client import APIS, Api, Endpoint
+
+if TYPE_CHECKING:
+    from ember.bench.workloads import Workload
 
 
 def _slug(label: str) -> str:
@@ -155,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=100_000,
         help="cap on measured requests per level (default 100000)",
     )
+    load.add_argument(
+        "--workload",
+        choices=("embed", "rerank", "classify", "mixed"),
+        default="embed",
+        help="what each request is: embed (--api's route), rerank (TEI /rerank: one query and "
+        "--batch texts), classify (TEI /predict of --batch texts), or an equal mix of the three "
+        "(default embed)",
+    )
     load.add_argument("--batch", type=int, default=1, help="texts per request (default 1)")
     load.add_argument("--words", type=int, default=40, help="words per text (default 40)")
     load.add_argument(
@@ -261,6 +272,7 @@ def _load(args: argparse.Namespace) -> int:
         return 2
     label = _slug(args.label or "server")
     base: dict[str, Any] = {
+        "workload": _workload(args),
         "api": cast(Api, args.api),
         "path": args.path,
         "model": args.model,
@@ -293,6 +305,22 @@ def _load(args: argparse.Namespace) -> int:
         plot_load([result], json_path.with_suffix(".png"))
     print(f"wrote {json_path}" + ("" if args.no_plot else f" and {json_path.with_suffix('.png')}"))
     return 1 if any(level["ok"] == 0 for level in result["levels"]) else 0
+
+
+def _workload(args: argparse.Namespace) -> Workload | None:
+    """--workload as a workload; None for embed (LoadConfig builds it from --api/--path)."""
+    from ember.bench.workloads import Classify, Embed, Mixed, Rerank
+
+    rerank = Rerank(docs=args.batch, words=args.words)
+    classify = Classify(texts=args.batch, words=args.words)
+    if args.workload == "rerank":
+        return rerank
+    if args.workload == "classify":
+        return classify
+    if args.workload == "mixed":
+        embed = Embed(api=args.api, batch=args.batch, words=args.words, model=args.model)
+        return Mixed([(1.0, embed), (1.0, rerank), (1.0, classify)])
+    return None
 
 
 def _load_running(

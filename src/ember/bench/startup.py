@@ -287,7 +287,8 @@ def serving_files(argv: list[str]) -> tuple[str, ...]:
 
     from ember.settings import Settings
 
-    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    layout = sysconfig.get_paths()
+    paths = {layout[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     paths.add(str(Settings().cache_dir))
     for arg in argv:
         candidate = arg.split("=", 1)[-1]

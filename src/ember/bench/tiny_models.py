@@ -1,5 +1,5 @@
-"""Tiny BERT models for tests and benchmarks: seeded random weights, a real config, a real
-tokenizer.
+"""Tiny BERT models for tests and benchmarks: seeded random weights, a real config, the built-in
+model's tokenizer (one model per family TEI serves: `tiny_families`).
 
 Every builder writes a complete model folder that transformers, sentence-transformers and ember
 can all load offline, each in well under a second once torch is imported. Weights are drawn
@@ -196,13 +196,15 @@ def reference_logits(
     return logits
 
 
-def reference_embeddings(path: Path, texts: list[str], *, max_length: int) -> Floats:
-    """sentence-transformers' embeddings (the folder's own pooling and Normalize)."""
+def reference_embeddings(
+    path: Path, texts: list[str], *, max_length: int, prompt_name: str | None = None
+) -> Floats:
+    """sentence-transformers' embeddings (the folder's own pooling, Normalize and prompts)."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
     model.max_seq_length = max_length
-    vectors: Floats = model.encode(texts, convert_to_numpy=True)
+    vectors: Floats = model.encode(texts, convert_to_numpy=True, prompt_name=prompt_name)
     return vectors
 
 

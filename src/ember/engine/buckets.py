@@ -10,13 +10,8 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ember.backends.base import GPU_SEQ
-
-# On CPU (ONNX Runtime) a new shape is not cold once the arena has grown
-# (benchmarks/cold_shapes.py), and padding costs as much compute as real tokens: every length
-# is its own bucket, so a batch is padded to its longest input and no further (from 2: the
-# shortest input a tokenizer with [CLS] and [SEP] gives, which warm-up must be able to make).
-CPU_SEQ = tuple(range(2, 513))
+from ember.backends.base import Capabilities
+from ember.settings import Settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,18 +32,43 @@ class Buckets:
         row_buckets: Sequence[int],
         max_tokens: int,
         max_rows: int,
-        gpu: bool = False,
+        pads_rows: bool = False,
+        min_length: int = 1,
     ) -> Buckets:
-        seq_buckets = seq_buckets or (GPU_SEQ if gpu else CPU_SEQ)
-        seq = sorted({b for b in seq_buckets if b < max_length} | {max_length})
+        """Buckets between `min_length` (the shortest input the tokenizer can produce for the
+        task) and `max_length`. No `seq_buckets`: every length is its own bucket (a batch is
+        padded to its longest input). Buckets below `min_length` are dropped: no input can
+        reach them, so warm-up could never run them. `pads_rows`: power-of-two row counts
+        unless `row_buckets` says; otherwise every count."""
+        min_length = max(1, min(min_length, max_length))
+        if seq_buckets:
+            seq = sorted({b for b in seq_buckets if min_length <= b < max_length} | {max_length})
+        else:
+            seq = list(range(min_length, max_length + 1))
         if row_buckets:
             rows = sorted({r for r in row_buckets if r < max_rows} | {max_rows})
-        elif gpu:
+        elif pads_rows:
             rows = sorted({1 << i for i in range(max_rows.bit_length()) if 1 << i < max_rows})
             rows.append(max_rows)
         else:
             rows = list(range(1, max_rows + 1))
         return cls(seq=tuple(seq), rows=tuple(rows), max_tokens=max(max_tokens, max_length))
+
+    @classmethod
+    def for_backend(
+        cls, capabilities: Capabilities, settings: Settings, *, max_length: int, min_length: int
+    ) -> Buckets:
+        """The settings' buckets, with the backend's defaults where the settings say nothing."""
+        default_seq = capabilities.seq_buckets if capabilities.lengths == "coarse" else ()
+        return cls.build(
+            max_length=max_length,
+            min_length=min_length,
+            seq_buckets=settings.seq_buckets or default_seq,
+            row_buckets=settings.row_buckets,
+            max_tokens=settings.max_batch_tokens or capabilities.max_batch_tokens,
+            max_rows=settings.max_batch_requests or capabilities.max_batch_rows,
+            pads_rows=capabilities.pads_rows,
+        )
 
     @property
     def max_length(self) -> int:

@@ -1,26 +1,36 @@
-"""One served model: tokenizer → batcher → backend, its lifecycle and its warm-up."""
+"""One served model: its lifecycle, its loaded parts, admission and the task entry points."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
+from tokenizers import Encoding
 
 from ember import metrics
-from ember.backends.base import TORCH_CPU_SEQ, Backend, DeviceOutOfMemory, FloatArray
+from ember.backends.base import Backend, FloatArray
+from ember.engine import postprocess
 from ember.engine.batcher import Batcher
 from ember.engine.buckets import Buckets
-from ember.engine.tokenizer import Direction, Encoded, Item, TextTokenizer
-from ember.engine.warmup import ShapeRun, WarmupReport, plan_shapes
-from ember.errors import BackendFailure, InvalidInput, NotReady, WrongTask
+from ember.engine.heap import release_free_heap
+from ember.engine.loaded import BackendFactory, LoadedModel, load_model
+from ember.engine.tokenizer import (
+    Direction,
+    Encoded,
+    Item,
+    TextTokenizer,
+    check_ids,
+    encode_ids,
+    vocab_size,
+)
+from ember.engine.warmup import WarmupReport, choose_plan, warm_up
+from ember.errors import InvalidInput, NotReady, WrongTask
 from ember.lifecycle import Lifecycle, Stage
 from ember.models import ModelSpec, Task
 from ember.settings import Settings
@@ -30,7 +40,14 @@ log = logging.getLogger("ember.engine")
 # Inputs whose total size is below this are tokenised on the event loop: a thread hop costs
 # more than encoding a few sentences.
 _INLINE_TOKENIZE_CHARS = 4096
-_WARMUP_SEED = "the quick brown fox jumps over the lazy dog"
+# After this many characters of requests, the heap is trimmed when the model next goes idle:
+# glibc kept what a burst of large bodies freed (RSS 205 -> 249 MB after 2 MB of inputs).
+_TRIM_AFTER_CHARS = 1 << 20
+_T = TypeVar("_T")
+
+
+def _chars(items: list[Item]) -> int:
+    return sum(len(i) if isinstance(i, str) else len(i[0]) + len(i[1]) for i in items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,164 +60,96 @@ class Result:
 
 
 class ModelEngine:
-    def __init__(self, *, spec: ModelSpec, settings: Settings, gpu: bool) -> None:
+    """A served model from `starting` on: its stage is visible while it loads; its tokenizer,
+    backend and batcher exist together once `load` has built them (`loaded`)."""
+
+    def __init__(self, *, spec: ModelSpec, settings: Settings) -> None:
         self.spec = spec
         self.settings = settings
-        self.gpu = gpu
         self.lifecycle = Lifecycle(name=spec.name)
-        self.tokenizer: TextTokenizer | None = None
-        self.backend: Backend | None = None
-        self.batcher: Batcher | None = None
-        self.buckets = self._build_buckets(coarse=gpu)
+        self.names: tuple[str, ...] = (spec.name,)
+        """Names that select this model: its served name first, then any aliases."""
         self.warmup_report: WarmupReport | None = None
-        self.load_seconds: float | None = None
-        self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self._loaded: LoadedModel | None = None
+        self._chars_since_trim = 0
+        # Rust tokenizers release the GIL: one thread per core tokenises that many large
+        # requests at once (one thread queued 40 large inputs ~100 s deep: issue 15).
+        workers = settings.tokenizer_workers or settings.available_cores()
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokenize")
 
     @property
     def task(self) -> Task:
         return self.spec.task
 
     @property
-    def fine_buckets(self) -> bool:
-        """Fine buckets and the `cover` plan suit ONNX Runtime on CPU, where a new shape is not
-        cold (benchmarks/cold_shapes.py); torch (oneDNN, CUDA) plans per shape: coarse buckets,
-        every one warmed."""
-        return not self.gpu and (self.backend is None or self.backend.name == "onnx")
+    def loaded(self) -> LoadedModel:
+        """The loaded parts; 503 (not ready) before `load` has finished."""
+        if self._loaded is None:
+            raise NotReady(f"model {self.spec.name!r} is {self.lifecycle.stage.value}")
+        return self._loaded
 
-    def _build_buckets(self, *, coarse: bool) -> Buckets:
-        settings = self.settings
-        seq_buckets = settings.seq_buckets
-        if not seq_buckets and coarse and not self.gpu:
-            seq_buckets = list(TORCH_CPU_SEQ)
-        return Buckets.build(
-            max_length=self.spec.max_length,
-            seq_buckets=seq_buckets,
-            row_buckets=settings.row_buckets,
-            max_tokens=settings.max_batch_tokens or (32768 if self.gpu else 1024),
-            max_rows=settings.max_batch_requests or (256 if self.gpu else 32),
-            gpu=coarse,
-        )
+    @property
+    def tokenizer(self) -> TextTokenizer | None:
+        return self._loaded.tokenizer if self._loaded else None
+
+    @property
+    def backend(self) -> Backend | None:
+        return self._loaded.backend if self._loaded else None
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self._loaded.batcher if self._loaded else None
+
+    @property
+    def buckets(self) -> Buckets | None:
+        return self._loaded.buckets if self._loaded else None
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self._loaded.load_seconds if self._loaded else None
+
+    @property
+    def queued_inputs(self) -> int:
+        """Inputs admitted and not yet answered."""
+        return self._loaded.admission.inputs if self._loaded else 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def load(self, backend_factory: Any) -> None:
+    def load(self, backend_factory: BackendFactory) -> None:
         """Blocking: read the tokenizer and weights. Called off the event loop."""
-        started = time.perf_counter()
-        self.tokenizer = TextTokenizer(
-            path=self.spec.tokenizer_file, max_length=self.spec.max_length
+        self._loaded = load_model(
+            spec=self.spec, settings=self.settings, backend_factory=backend_factory
         )
-        self.backend = backend_factory(self.spec, self.settings)
-        self.buckets = self._build_buckets(coarse=not self.fine_buckets)
-        self.load_seconds = time.perf_counter() - started
-        metrics.LOAD_SECONDS.labels(model=self.spec.name).set(self.load_seconds)
+        metrics.LOAD_SECONDS.labels(model=self.spec.name).set(self._loaded.load_seconds)
 
     def start(self) -> None:
-        """Create the batcher on the running loop (after `load`)."""
-        assert self.backend is not None and self.tokenizer is not None
-        self.batcher = Batcher(
-            buckets=self.buckets,
-            run=self.backend.run,
-            pad_id=self.tokenizer.pad_id,
-            max_queued_inputs=self.settings.max_concurrent_requests,
-            model_name=self.spec.name,
-        )
-        self.batcher.start()
+        """Start the batcher on the running loop (after `load`)."""
+        self.loaded.batcher.start()
 
     async def stop(self) -> None:
-        if self.batcher is not None:
-            await self.batcher.stop()
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
-        if self.backend is not None:
-            self.backend.close()
+        if self._loaded is not None:
+            await self._loaded.batcher.stop()
+            self._loaded.backend.close()
 
     async def warm_up(self) -> WarmupReport:
-        """Warm every shape (`_warm_up_once`). On a device out-of-memory, halve the batch token
-        budget, rebuild the buckets and warm again, so that an OOM surfaces here, before ready,
-        never on a live request; `describe()` then reports the budget that fit."""
-        while True:
-            try:
-                return await self._warm_up_once()
-            except DeviceOutOfMemory as exc:
-                budget = self.buckets.max_tokens
-                lower = max(budget // 2, self.buckets.max_length)
-                if lower == budget:
-                    raise BackendFailure(
-                        f"out of device memory even at {budget} tokens per batch"
-                    ) from exc
-                log.warning(
-                    "%s: %s; lowering max_batch_tokens %d -> %d and warming again",
-                    self.spec.name,
-                    exc.message,
-                    budget,
-                    lower,
-                )
-                self.buckets = dataclasses.replace(self.buckets, max_tokens=lower)
-                assert self.batcher is not None
-                self.batcher.buckets = self.buckets
-
-    async def _warm_up_once(self) -> WarmupReport:
-        """Run every bucket shape through tokenizer → batcher → backend; check each output."""
-        assert self.tokenizer is not None and self.batcher is not None
-        plan = self.settings.warmup_plan
-        if plan == "auto":
-            plan = "cover" if self.fine_buckets else "full"
-        shapes = plan_shapes(self.buckets, plan)
-        rounds = self.settings.warmup_rounds
-        report = WarmupReport(model=self.spec.name, task=self.task.value, rounds=rounds, plan=plan)
-        pair = self.task is Task.RERANK
-        started = time.perf_counter()
-        self.batcher.shapes_run.clear()
-        encodings: dict[int, list[Encoded]] = {}
-        for rows, seq in shapes:
-            if seq not in encodings:
-                # Each warm-up text is tokenised once, by the serving tokenizer, and the encoding
-                # repeated for the rows: tokenising `rows` copies added ~0.35 s to a GPU warm-up
-                # of 44 shapes and warms nothing more.
-                item = self.tokenizer.text_of_length(seq, seed=_WARMUP_SEED, pair=pair)
-                encodings[seq] = await self._tokenize([item], truncate=True, direction="right")
-            run = ShapeRun(rows=rows, seq=seq)
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                with self._admitted(rows):
-                    result = await self._run(encodings[seq] * rows)
-                run.seconds.append(time.perf_counter() - t0)
-                expected = (rows, self._width())
-                if result.rows.shape != expected or not np.isfinite(result.rows).all():
-                    raise BackendFailure(
-                        f"warm-up shape {rows}x{seq} returned {result.rows.shape}, "
-                        f"expected {expected} of finite values"
-                    )
-            metrics.WARMUP_SHAPE_SECONDS.labels(
-                model=self.spec.name, task=self.task.value, rows=str(rows), seq=str(seq)
-            ).set(max(run.seconds))
-            report.shapes.append(run)
-        report.total_seconds = time.perf_counter() - started
-        emitted = set(self.batcher.shapes_run)
-        report.covered = emitted == set(shapes)
-        report.shape_set = len(self.buckets.shapes())
-        if not report.covered:
-            missing = sorted(set(shapes) - emitted)
-            extra = sorted(emitted - set(shapes))
-            raise BackendFailure(
-                f"warm-up did not cover the shape set: missing {missing[:5]}, unplanned {extra[:5]}"
-            )
-        metrics.WARMUP_SECONDS.labels(model=self.spec.name).set(report.total_seconds)
-        metrics.WARMUP_SHAPES.labels(model=self.spec.name).set(len(shapes))
-        self.warmup_report = report
-        log.info(
-            "%s: warmed %d shapes x %d rounds in %.3f s",
-            self.spec.name,
-            len(shapes),
-            rounds,
-            report.total_seconds,
-            extra={"model": self.spec.name, "warmup": report.to_dict()},
+        """Warm the planned shapes through the request path (`engine/warmup.py`)."""
+        loaded = self.loaded
+        plan = choose_plan(self.settings.warmup_plan, loaded.backend.capabilities)
+        self.warmup_report = await warm_up(
+            loaded=loaded, plan=plan, rounds=self.settings.warmup_rounds, run=self._run_admitted
         )
-        return report
+        return self.warmup_report
 
-    def _width(self) -> int:
-        if self.task is Task.EMBED:
-            return int(self.spec.hidden_size or self.spec.dimension or 0)
-        return max(len(self.spec.labels), 1)
+    async def _run_admitted(self, encoded: list[Encoded]) -> FloatArray:
+        return (await self.run_encoded(encoded)).rows
+
+    async def run_encoded(self, encoded: list[Encoded]) -> Result:
+        """Already-encoded inputs (warm-up's, clients' token ids): admitted by their tokens,
+        batched and run; the backend's raw rows (no post-processing), in order."""
+        work = sum(e.length for e in encoded)
+        with self.loaded.admission.held(inputs=len(encoded), work=work):
+            return await self._run(encoded)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -214,41 +163,67 @@ class ModelEngine:
         if stage is not Stage.READY:
             raise NotReady(f"model {self.spec.name!r} is {stage.value}", retry_after=1)
 
-    async def _tokenize(
-        self, items: list[Item], *, truncate: bool, direction: Direction
-    ) -> list[Encoded]:
-        assert self.tokenizer is not None
-        size = sum(len(i) if isinstance(i, str) else len(i[0]) + len(i[1]) for i in items)
+    async def _off_loop(self, size: int, call: Callable[[], _T]) -> _T:
+        """`call()` inline when `size` characters are few (a thread hop costs more than
+        encoding a few sentences), else on the tokenizer threads, off the event loop."""
         if size <= _INLINE_TOKENIZE_CHARS:
-            return self.tokenizer.encode(items, truncate=truncate, direction=direction)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._tokenize_pool,
-            lambda: self.tokenizer.encode(items, truncate=truncate, direction=direction),  # type: ignore[union-attr]
-        )
-
-    @contextmanager
-    def _admitted(self, count: int) -> Iterator[None]:
-        """Room for `count` inputs in the queue while the block runs (429 at once when full)."""
-        assert self.batcher is not None
-        self.batcher.admit(count)
-        try:
-            yield
-        finally:
-            self.batcher.release(count)
+            return call()
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, call)
 
     async def _infer(self, items: list[Item], *, truncate: bool, direction: Direction) -> Result:
-        """Admit, tokenise, batch, run."""
-        with self._admitted(len(items)):
+        """Admit by work, tokenise, batch, run."""
+        loaded = self.loaded
+        size = _chars(items)
+        # Before tokenising, an input's work is its characters plus its special tokens.
+        estimate = size + len(items) * loaded.shortest
+        with loaded.admission.held(inputs=len(items), work=estimate) as held:
             t0 = time.perf_counter()
-            encoded = await self._tokenize(items, truncate=truncate, direction=direction)
-            return await self._run(encoded, tokenize_seconds=time.perf_counter() - t0)
+            encoded = await self._off_loop(
+                size,
+                lambda: loaded.tokenizer.encode(items, truncate=truncate, direction=direction),
+            )
+            loaded.admission.settle(held, sum(e.length for e in encoded))
+            try:
+                return await self._run(encoded, tokenize_seconds=time.perf_counter() - t0)
+            finally:
+                self._chars_since_trim += size
+                if loaded.admission.inputs == held.inputs:  # the last request held: idle next
+                    self._trim_if_due()
+
+    async def _infer_ids(
+        self, rows: list[list[int]], *, truncate: bool, direction: Direction
+    ) -> Result:
+        """Token-id inputs: checked against the vocabulary, admitted by their length and run
+        as given (never decoded and re-encoded), truncated like text."""
+        loaded = self.loaded
+        check_ids(rows, vocab=vocab_size(loaded.tokenizer))
+        encoded = encode_ids(loaded.tokenizer, rows, truncate=truncate, direction=direction)
+        return await self.run_encoded(encoded)
+
+    def _trim_if_due(self) -> None:
+        """Trim the heap on a tokenizer thread once large requests have come and gone."""
+        if self._chars_since_trim >= _TRIM_AFTER_CHARS:
+            self._chars_since_trim = 0
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: stopping anyway
+                self._tokenize_pool.submit(release_free_heap)
+
+    async def tokenize(
+        self, items: list[Item], *, add_special_tokens: bool = True
+    ) -> list[Encoding]:
+        """`/tokenize`: full encodings (tokens, offsets), admitted by work like inference and
+        computed off the event loop when large (a near-limit body stalled probes for 2 s)."""
+        loaded = self.loaded
+        size = _chars(items)
+        with loaded.admission.held(inputs=len(items), work=size):
+            return await self._off_loop(
+                size,
+                lambda: loaded.tokenizer.tokenize(items, add_special_tokens=add_special_tokens),
+            )
 
     async def _run(self, encoded: list[Encoded], *, tokenize_seconds: float = 0.0) -> Result:
         """Run admitted, tokenised inputs through the batcher and the backend."""
-        assert self.batcher is not None
         t1 = time.perf_counter()
-        rows, timing = await self.batcher.submit(encoded)
+        rows, timing = await self.loaded.batcher.submit(encoded)
         total = tokenize_seconds + time.perf_counter() - t1
         timings = {
             "tokenize": tokenize_seconds,
@@ -261,6 +236,11 @@ class ModelEngine:
         metrics.INPUTS.labels(model=self.spec.name, task=self.task.value).inc(len(encoded))
         return Result(rows=rows, tokens=sum(e.length for e in encoded), timings=timings)
 
+    @property
+    def width(self) -> int:
+        """Columns of the backend's rows: hidden size (embed) or labels."""
+        return self.loaded.backend.capabilities.output_width
+
     async def embed(
         self,
         texts: list[str],
@@ -272,30 +252,33 @@ class ModelEngine:
         prompt_name: str | None = None,
     ) -> Result:
         self.require(Task.EMBED)
-        prompt_name = prompt_name or self.spec.default_prompt_name
+        texts = postprocess.with_prompt(
+            texts, prompts=self.spec.prompts, name=prompt_name or self.spec.default_prompt_name
+        )
+        postprocess.check_dimensions(dimensions, self.width)
+        items: list[Item] = list(texts)
+        result = await self._infer(items, truncate=self._truncate(truncate), direction=direction)
+        rows = postprocess.embeddings(result.rows, dimensions=dimensions, normalize=normalize)
+        return Result(rows=rows, tokens=result.tokens, timings=result.timings)
+
+    async def embed_ids(
+        self,
+        rows: list[list[int]],
+        *,
+        normalize: bool = True,
+        truncate: bool | None = None,
+        direction: Direction = "right",
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Result:
+        """`embed` for token-id inputs (OpenAI's and TEI's `list[int]` forms)."""
+        self.require(Task.EMBED)
         if prompt_name is not None:
-            if prompt_name not in self.spec.prompts:
-                known = ", ".join(sorted(self.spec.prompts)) or "none"
-                raise InvalidInput(f"unknown prompt_name {prompt_name!r}; this model has: {known}")
-            prefix = self.spec.prompts[prompt_name]
-            texts = [prefix + t for t in texts]
-        width = self._width()
-        if dimensions is not None and not 1 <= dimensions <= width:
-            raise InvalidInput(f"dimensions must be between 1 and {width} for this model")
-        result = await self._infer(
-            list(texts), truncate=self._truncate(truncate), direction=direction
-        )
-        vectors = result.rows
-        if dimensions is not None:
-            vectors = vectors[:, :dimensions]
-        if normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, 1e-12)
-        return Result(
-            rows=vectors.astype(np.float32, copy=False),
-            tokens=result.tokens,
-            timings=result.timings,
-        )
+            raise InvalidInput("`prompt_name` applies to text; token-id inputs are used as given")
+        postprocess.check_dimensions(dimensions, self.width)
+        result = await self._infer_ids(rows, truncate=self._truncate(truncate), direction=direction)
+        out = postprocess.embeddings(result.rows, dimensions=dimensions, normalize=normalize)
+        return Result(rows=out, tokens=result.tokens, timings=result.timings)
 
     async def rerank(
         self,
@@ -310,12 +293,8 @@ class ModelEngine:
         result = await self._infer(
             [(query, t) for t in texts], truncate=self._truncate(truncate), direction=direction
         )
-        scores = result.rows[:, :1]
-        if not raw_scores:
-            # exp(-x) overflows to inf below x ≈ -88 in float32: the score is then exactly 0.
-            with np.errstate(over="ignore"):
-                scores = (1.0 / (1.0 + np.exp(-scores))).astype(np.float32)
-        return Result(rows=scores.astype(np.float32), tokens=result.tokens, timings=result.timings)
+        rows = postprocess.rerank_scores(result.rows, raw=raw_scores)
+        return Result(rows=rows, tokens=result.tokens, timings=result.timings)
 
     async def classify(
         self,
@@ -327,11 +306,22 @@ class ModelEngine:
     ) -> Result:
         self.require(Task.CLASSIFY)
         result = await self._infer(items, truncate=self._truncate(truncate), direction=direction)
-        logits = result.rows
-        if not raw_scores:
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            logits = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
-        return Result(rows=logits.astype(np.float32), tokens=result.tokens, timings=result.timings)
+        rows = postprocess.class_scores(result.rows, raw=raw_scores)
+        return Result(rows=rows, tokens=result.tokens, timings=result.timings)
+
+    async def classify_ids(
+        self,
+        rows: list[list[int]],
+        *,
+        raw_scores: bool = False,
+        truncate: bool | None = None,
+        direction: Direction = "right",
+    ) -> Result:
+        """`classify` for token-id inputs."""
+        self.require(Task.CLASSIFY)
+        result = await self._infer_ids(rows, truncate=self._truncate(truncate), direction=direction)
+        out = postprocess.class_scores(result.rows, raw=raw_scores)
+        return Result(rows=out, tokens=result.tokens, timings=result.timings)
 
     def _truncate(self, truncate: bool | None) -> bool:
         return self.settings.auto_truncate if truncate is None else truncate
@@ -346,18 +336,20 @@ class ModelEngine:
             "pooling": self.spec.pooling if self.task is Task.EMBED else None,
             "dimension": self.spec.dimension,
             "labels": list(self.spec.labels) or None,
-            "buckets": {
-                "seq": list(self.buckets.seq),
-                "rows": list(self.buckets.rows),
-                "max_batch_tokens": self.buckets.max_tokens,
-                "max_batch_requests": self.buckets.rows[-1],
-                "shapes": len(self.buckets.shapes()),
-            },
+            "buckets": None,
             "load_seconds": self.load_seconds,
             "warmup": self.warmup_report.to_dict() if self.warmup_report else None,
         }
         if self.lifecycle.error:
             out["error"] = self.lifecycle.error
-        if self.backend is not None:
-            out.update(self.backend.describe())
+        if self._loaded is not None:
+            buckets = self._loaded.buckets
+            out["buckets"] = {
+                "seq": list(buckets.seq),
+                "rows": list(buckets.rows),
+                "max_batch_tokens": buckets.max_tokens,
+                "max_batch_requests": buckets.rows[-1],
+                "shapes": len(buckets.shapes()),
+            }
+            out.update(self._loaded.backend.describe())
         return out

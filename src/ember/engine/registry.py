@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
@@ -13,6 +12,8 @@ from typing import Any
 
 from ember import metrics
 from ember.backends.base import Backend
+from ember.engine.heap import release_free_heap
+from ember.engine.loaded import BackendFactory
 from ember.engine.model import ModelEngine
 from ember.errors import EmberError, InvalidInput, NotReady, UnknownModel, WrongTask
 from ember.lifecycle import Lifecycle, Stage
@@ -21,7 +22,8 @@ from ember.settings import Settings
 
 log = logging.getLogger("ember.engine")
 
-BackendFactory = Callable[[ModelSpec, Settings], Backend]
+__all__ = ["BackendFactory", "Engines", "resolve_specs"]
+
 WarmHook = Callable[["Engines"], Awaitable[float]]
 
 
@@ -37,8 +39,8 @@ def resolve_specs(settings: Settings) -> list[ModelSpec]:
     specs: list[ModelSpec] = []
     for arg in args:
         name, source = parse_model_arg(arg)
-        if name is None and len(args) == 1:
-            name = settings.served_model_name
+        if name is None and len(args) == 1 and settings.served_model_name:
+            name = settings.served_model_name[0]
         specs.append(
             inspect_model(
                 source,
@@ -54,19 +56,6 @@ def resolve_specs(settings: Settings) -> list[ModelSpec]:
     return specs
 
 
-def _release_free_heap() -> None:
-    """Hand the heap that loading freed (export, import-time garbage) back to the OS before
-    ready, so RSS at ready is what serving holds (glibc keeps freed memory otherwise)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):  # AttributeError: not glibc
-        ctypes.CDLL(name).malloc_trim(0)
-
-
 class Engines:
     """The models of one server process. Loading runs in the background; routes read stages."""
 
@@ -75,13 +64,11 @@ class Engines:
         settings: Settings,
         *,
         backend_factory: BackendFactory | None = None,
-        gpu: bool | None = None,
     ) -> None:
         self.settings = settings
         self.lifecycle = Lifecycle(name="server")
         self.models: list[ModelEngine] = []
         self._factory = backend_factory or _default_factory
-        self._gpu = gpu
         self.http_warm_hook: WarmHook | None = None
         self.ready_seconds: float | None = None
         self._preload: concurrent.futures.Future[None] | None = None
@@ -112,12 +99,11 @@ class Engines:
         assert self._preload is not None
         try:
             specs = resolve_specs(self.settings)
-            gpu = self._gpu
-            if gpu is None:
-                from ember.backends.loader import resolve_device
-
-                gpu = resolve_device(self.settings) == "cuda"
-            self.models = [ModelEngine(spec=s, settings=self.settings, gpu=gpu) for s in specs]
+            self.models = [ModelEngine(spec=s, settings=self.settings) for s in specs]
+            if len(self.models) == 1:
+                self.models[0].names = tuple(
+                    dict.fromkeys([specs[0].name, *self.settings.served_model_name])
+                )
             metrics.prime((m.spec.name, m.task.value) for m in self.models)
             for model in self.models:
                 self._loading = model
@@ -162,7 +148,9 @@ class Engines:
                 current.lifecycle.to(Stage.FAILED, error=message)
             self.lifecycle.to(Stage.FAILED, error=message)
             return
-        _release_free_heap()
+        # Hand the heap that loading freed (export, import-time garbage) back before ready, so
+        # RSS at ready is what serving holds.
+        release_free_heap()
         self.ready_seconds = self.lifecycle.since_start
         self.lifecycle.to(Stage.READY)
 
@@ -176,21 +164,25 @@ class Engines:
             await model.stop()
 
     def in_flight(self) -> int:
-        return sum(m.batcher.queued_inputs for m in self.models if m.batcher is not None)
+        """Inputs admitted and not yet answered, over every model."""
+        return sum(m.queued_inputs for m in self.models)
 
     def select(self, task: Task, name: str | None = None) -> ModelEngine:
-        """The model for a request: by `name`, else the only model of `task`."""
+        """The model for a request: the one `name` names (its served name or an alias); else
+        the only model of `task`, whatever `name` says unless `--strict-model-names` (OpenAI
+        clients send their own defaults, such as `text-embedding-3-small`)."""
         if self.lifecycle.stage is Stage.DRAINING:
             raise NotReady("the server is shutting down", retry_after=1)
         if not self.models:
             raise NotReady(f"the server is {self.lifecycle.stage.value}", retry_after=1)
         if name:
             for model in self.models:
-                if model.spec.name == name:
+                if name in model.names:
                     return model
+        of_task = [m for m in self.models if m.task is task]
+        if name and (self.settings.strict_model_names or len(of_task) != 1):
             known = ", ".join(m.spec.name for m in self.models)
             raise UnknownModel(f"model {name!r} is not served here; served: {known}")
-        of_task = [m for m in self.models if m.task is task]
         if len(of_task) == 1:
             return of_task[0]
         if not of_task:

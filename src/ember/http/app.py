@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message
 
 from ember import __version__, metrics
 from ember.engine.registry import BackendFactory, Engines
-from ember.http import cohere, errors, openai, probes, table, tei
+from ember.http import cohere, errors, openai, probes, sagemaker, table, tei
 from ember.http.deps import AppState, app_state
 from ember.http.middleware import EmberMiddleware
 from ember.settings import Settings
@@ -62,18 +62,11 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
-    for router in (probes.router, tei.router, openai.router, cohere.router):
+    for router in (probes.router, tei.router, openai.router, cohere.router, sagemaker.router):
         app.include_router(router)
     errors.install(app)
     metrics.prime_routes(table.route_tasks().keys())
 
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
     app.add_middleware(
         EmberMiddleware,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
@@ -81,6 +74,15 @@ def create_app(
         payload_limit=settings.payload_limit,
         in_flight=state.in_flight,
     )
+    if settings.cors_origins:
+        # Added last, so outermost: a browser's preflight carries no API key and must be
+        # answered before the key check (issue 15 item 8).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.state.ember = state
     return app
 

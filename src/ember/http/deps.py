@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
+from ember.backends.base import FloatArray
 from ember.engine.registry import Engines
 from ember.http.middleware import InFlight
 from ember.http.table import Route
@@ -24,6 +25,8 @@ class AppState:
         self.engines = engines
         self.in_flight = InFlight()
         self.load_task: asyncio.Task[None] | None = None
+        self.calibration: dict[str, FloatArray] = {}
+        """Raw vectors of the quantisation corpus, per model name (`quantize.CALIBRATION`)."""
 
 
 def app_state(app: FastAPI) -> AppState:
@@ -41,10 +44,16 @@ async def _settings(request: Request) -> Settings:
     return app_state(request.app).settings
 
 
+async def _state(request: Request) -> AppState:
+    return app_state(request.app)
+
+
 EnginesDep = Annotated[Engines, Depends(_engines)]
 """The served models, for a route parameter."""
 SettingsDep = Annotated[Settings, Depends(_settings)]
 """The server's settings, for a route parameter."""
+StateDep = Annotated[AppState, Depends(_state)]
+"""The whole app state (engines, settings, caches), for a route parameter."""
 
 
 def on(router: APIRouter, route: Route, **options: Any) -> Callable[[_Handler], _Handler]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
@@ -16,7 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ember import metrics
 from ember.errors import ErrorKind
 from ember.http import table
-from ember.http.errors import error_response
+from ember.http.errors import error_response, internal_error
+
+log = logging.getLogger("ember.http")
 
 
 class _BodyTooLarge(HTTPException):
@@ -45,7 +48,7 @@ class EmberMiddleware:
     ) -> None:
         self.app = app
         self._key = f"Bearer {api_key}".encode() if api_key else None
-        self._open = table.open_paths(metrics_public=metrics_public)
+        self._open = table.open_routes(metrics_public=metrics_public)
         self._limit = payload_limit
         self._in_flight = in_flight
         # Inference routes: counted by route and task, cancelled when their client leaves.
@@ -56,7 +59,11 @@ class EmberMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if self._key is not None and path not in self._open and not self._authorized(scope):
+        if (
+            self._key is not None
+            and (scope["method"], path) not in self._open
+            and not self._authorized(scope)
+        ):
             await error_response(
                 path,
                 ErrorKind.UNAUTHORIZED,
@@ -113,6 +120,15 @@ class EmberMiddleware:
             status = 413
             if not started:
                 await self._too_large(scope, receive, send)
+        except Exception:
+            # Answered here rather than by an app-level handler: Starlette's outermost error
+            # middleware re-raises after answering, and uvicorn then drops the keep-alive
+            # connection; here the client gets its JSON 500 and keeps the connection.
+            if started:
+                raise
+            log.exception("unhandled error on %s", path)
+            status = 500
+            await internal_error(path)(scope, receive, send)
         except asyncio.CancelledError:
             if watcher is None or not watcher.done() or watcher.cancelled():
                 raise  # cancelled from outside (server shutdown), not by the client leaving

@@ -6,18 +6,20 @@ alone (tests/unit/http/test_shaping.py).
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Sequence
-from typing import Any, Literal
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 from starlette.responses import Response
 from tokenizers import Encoding
 
 from ember.backends.base import FloatArray
-from ember.engine.tokenizer import Item
+from ember.engine.tokenizer import TIKTOKEN_HINT, Item
 from ember.errors import InvalidInput, TooLarge
+from ember.http import quantize
 from ember.http import schemas as s
 from ember.models import Task
 
@@ -50,7 +52,18 @@ def as_list(value: str | list[str], *, limit: int) -> list[str]:
     return texts
 
 
-def predict_items(inputs: s.PredictInput, *, limit: int) -> tuple[list[Item], bool]:
+def split_inputs(
+    value: str | list[str] | list[int] | list[list[int]], *, limit: int
+) -> tuple[list[str], list[list[int]]]:
+    """(texts, token-id rows): exactly one is non-empty, with at most `limit` inputs."""
+    if isinstance(value, list) and value and not isinstance(value[0], str):
+        rows = id_rows(value)
+        _check_count(len(rows), limit=limit)
+        return [], rows
+    return as_list(value, limit=limit), []  # type: ignore[arg-type]
+
+
+def predict_items(inputs: s.PredictTexts, *, limit: int) -> tuple[list[Item], bool]:
     """TEI's rules: a text, a pair [a, b], or a list of texts or pairs → (items, is_batch)."""
     if isinstance(inputs, str):
         return [inputs], False
@@ -71,6 +84,26 @@ def predict_items(inputs: s.PredictInput, *, limit: int) -> tuple[list[Item], bo
             raise InvalidInput("each input must be a text or a pair [text, text]")
     _check_count(len(items), limit=limit)
     return items, True
+
+
+def characters(items: Sequence[Item]) -> int:
+    return sum(len(i) if isinstance(i, str) else len(i[0]) + len(i[1]) for i in items)
+
+
+def timing_headers(timings: Mapping[str, float], *, tokens: int, chars: int) -> dict[str, str]:
+    """TEI's response headers: integer milliseconds per phase, tokens and characters computed.
+    `x-compute-time` and `x-total-time` are both the engine's total, as in TEI (which times
+    them from the same start)."""
+    total = str(int(timings.get("total", 0.0) * 1000))
+    return {
+        "x-compute-time": total,
+        "x-total-time": total,
+        "x-tokenization-time": str(int(timings.get("tokenize", 0.0) * 1000)),
+        "x-queue-time": str(int(timings.get("queue", 0.0) * 1000)),
+        "x-inference-time": str(int(timings.get("inference", 0.0) * 1000)),
+        "x-compute-tokens": str(tokens),
+        "x-compute-characters": str(chars),
+    }
 
 
 # --- TEI ---------------------------------------------------------------------------------
@@ -123,6 +156,56 @@ def tokens(encodings: Sequence[Encoding], texts: Sequence[str]) -> list[list[s.S
     return out
 
 
+def phase_seconds(*, load: float, warmup: float) -> s.PhaseSeconds:
+    """`/ready`'s load and warm-up figures, in seconds rounded to the millisecond."""
+    return {"load_seconds": round(load, 3), "warmup_seconds": round(warmup, 3)}
+
+
+def id_rows(ids: list[int] | list[list[int]]) -> list[list[int]]:
+    """One id list, or a list of them, as a list of lists."""
+    rows: list[list[int]] = []
+    flat: list[int] = []
+    for entry in ids:
+        if isinstance(entry, list):
+            rows.append(entry)
+        else:
+            flat.append(entry)
+    return rows if rows else [flat]
+
+
+OPENAI_MODEL_PREFIX = "text-embedding-"
+"""OpenAI's embedding model names (`text-embedding-ada-002`, `text-embedding-3-small`, ...)."""
+
+
+def check_tiktoken_ids(requested: str | None, *, served: Sequence[str]) -> None:
+    """Token ids sent for an OpenAI model name that this server does not serve were made by
+    tiktoken (langchain-openai's default): a 422 with the hint, even when every id happens to
+    be inside the vocabulary (common words are, and would silently embed the wrong tokens)."""
+    if requested and requested.startswith(OPENAI_MODEL_PREFIX) and requested not in served:
+        raise InvalidInput(
+            f"token ids sent for model {requested!r}, which is served here by {served[0]!r}"
+            f"{TIKTOKEN_HINT}"
+        )
+
+
+def check_unicode(texts: Sequence[str]) -> None:
+    """A lone surrogate (valid JSON `\\ud800`, not encodable text) is a 422, not a tokenizer
+    crash."""
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"input {index} is not valid Unicode (a lone surrogate at character "
+                f"{exc.start}); send UTF-8 text"
+            ) from None
+
+
+def similarities(rows: FloatArray) -> list[float]:
+    """Cosine of rows 1.. to row 0 (the source sentence); rows are unit length."""
+    return [float(x) for x in rows[1:] @ rows[0]]
+
+
 def model_type(task: Task, *, pooling: str | None, labels: Sequence[str]) -> s.ModelType:
     """TEI's `model_type`: embedding (pooling), reranker or classifier (labels)."""
     if task is Task.EMBED:
@@ -139,18 +222,27 @@ def model_type(task: Task, *, pooling: str | None, labels: Sequence[str]) -> s.M
 # --- OpenAI ------------------------------------------------------------------------------
 
 
-def openai_embeddings(
-    rows: FloatArray, *, encoding_format: Literal["float", "base64"], model: str, tokens: int
-) -> s.EmbeddingsResponse:
-    """OpenAI's list of embedding objects; base64 is little-endian float32, as OpenAI sends."""
-    data: list[s.EmbeddingObject] = []
-    for i, row in enumerate(rows):
-        embedding: Any
-        if encoding_format == "base64":
-            embedding = base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode()
-        else:
-            embedding = row  # a numpy row: orjson writes it without Python floats
-        data.append({"object": "embedding", "index": i, "embedding": embedding})
+Encoded = npt.NDArray[Any] | list[str]
+"""Rows of one embedding type: a numpy array (float or quantised) or base64 strings."""
+
+
+def encoded(
+    rows: FloatArray, kind: quantize.EmbeddingType, *, bounds: FloatArray | None
+) -> Encoded:
+    """Rows in one embedding type: numpy rows (orjson writes them without Python numbers) or
+    base64 strings."""
+    if kind == "base64":
+        return quantize.as_base64(rows)
+    if kind == "float":
+        return embeddings(rows)
+    return quantize.quantize(rows, kind, bounds=bounds)
+
+
+def openai_embeddings(rows: Encoded, *, model: str, tokens: int) -> s.EmbeddingsResponse:
+    """OpenAI's list of embedding objects, from rows already in the requested encoding."""
+    data: list[s.EmbeddingObject] = [
+        {"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)
+    ]
     return {
         "object": "list",
         "data": data,
@@ -195,3 +287,41 @@ def v1_rerank(
             entry["document"] = {"text": texts[item["index"]]}
         results.append(entry)
     return {"model": model, "results": results, "usage": {"total_tokens": tokens}}
+
+
+# --- Cohere v2 -----------------------------------------------------------------------------
+
+
+def _cohere_meta(*, tokens: int, search_units: int = 0) -> s.CohereMeta:
+    billed = {"input_tokens": tokens} | ({"search_units": search_units} if search_units else {})
+    return {"api_version": {"version": "2"}, "billed_units": billed}
+
+
+def cohere_rerank(
+    items: Sequence[s.RankItem],
+    texts: Sequence[str],
+    *,
+    top_n: int | None,
+    return_documents: bool,
+    tokens: int,
+) -> s.CohereRerankResponse:
+    v1 = v1_rerank(
+        items, texts, top_n=top_n, return_documents=return_documents, model="", tokens=tokens
+    )
+    return {
+        "id": str(uuid.uuid4()),
+        "results": v1["results"],
+        "meta": _cohere_meta(tokens=tokens, search_units=1),
+    }
+
+
+def cohere_embed(
+    by_type: Mapping[str, Encoded], texts: Sequence[str], *, tokens: int
+) -> s.CohereEmbedResponse:
+    return {
+        "id": str(uuid.uuid4()),
+        "embeddings": {kind: list(rows) for kind, rows in by_type.items()},
+        "texts": list(texts),
+        "meta": _cohere_meta(tokens=tokens),
+        "response_type": "embeddings_by_type",
+    }

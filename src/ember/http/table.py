@@ -40,6 +40,8 @@ class Route:
 
 
 HEALTH = Route(path="/health", methods=("GET", "HEAD"), family="probes", access="open")
+ROOT_HEALTH = Route(path="/", methods=("GET", "HEAD"), family="probes", access="open")
+"""TEI's "Inference API health route": `GET /` answers as `/health`."""
 READY = Route(path="/ready", methods=("GET", "HEAD"), family="probes", access="open")
 METRICS = Route(path="/metrics", methods=("GET",), family="operations", access="metrics")
 
@@ -67,6 +69,16 @@ PREDICT = Route(
 )
 ROOT = Route(path="/", family="tei", inference=True)
 TOKENIZE = Route(path="/tokenize", family="tei", inference=True)
+DECODE = Route(path="/decode", family="tei", inference=True)
+SIMILARITY = Route(
+    path="/similarity",
+    family="tei",
+    task=Task.EMBED,
+    inference=True,
+    warm=({"inputs": {"source_sentence": WARM_SHORT, "sentences": _PAIR}},),
+)
+EMBED_ALL = Route(path="/embed_all", family="tei", task=Task.EMBED, inference=True)
+EMBED_SPARSE = Route(path="/embed_sparse", family="tei", task=Task.EMBED, inference=True)
 
 V1_EMBEDDINGS = Route(
     path="/v1/embeddings",
@@ -75,6 +87,8 @@ V1_EMBEDDINGS = Route(
     inference=True,
     warm=({"input": _PAIR}, {"input": WARM_SHORT, "encoding_format": "base64"}),
 )
+EMBEDDINGS = Route(path="/embeddings", family="openai", task=Task.EMBED, inference=True)
+"""OpenAI without `/v1` (TEI serves it; litellm's `infinity/` provider sends it)."""
 V1_MODELS = Route(path="/v1/models", methods=("GET",), family="openai")
 
 V1_RERANK = Route(
@@ -84,9 +98,35 @@ V1_RERANK = Route(
     inference=True,
     warm=({"query": WARM_SHORT, "documents": _PAIR},),
 )
+V2_RERANK = Route(
+    path="/v2/rerank",
+    family="cohere",
+    task=Task.RERANK,
+    inference=True,
+    warm=({"query": WARM_SHORT, "documents": _PAIR, "top_n": 1},),
+)
+V2_EMBED = Route(
+    path="/v2/embed",
+    family="cohere",
+    task=Task.EMBED,
+    inference=True,
+    # Every embedding type: the int8/uint8 calibration then runs before ready, not on a user.
+    warm=(
+        {
+            "texts": _PAIR,
+            "input_type": "search_document",
+            "embedding_types": ["float", "int8", "uint8", "binary", "ubinary", "base64"],
+        },
+    ),
+)
+
+PING = Route(path="/ping", methods=("GET",), family="sagemaker", access="open")
+INVOCATIONS = Route(path="/invocations", family="sagemaker", inference=True)
+"""SageMaker's inference path: dispatches on the model's task like `POST /`."""
 
 ROUTES: tuple[Route, ...] = (
     HEALTH,
+    ROOT_HEALTH,
     READY,
     METRICS,
     INFO,
@@ -95,21 +135,26 @@ ROUTES: tuple[Route, ...] = (
     PREDICT,
     ROOT,
     TOKENIZE,
+    DECODE,
+    SIMILARITY,
+    EMBED_ALL,
+    EMBED_SPARSE,
     V1_EMBEDDINGS,
+    EMBEDDINGS,
     V1_MODELS,
     V1_RERANK,
+    V2_RERANK,
+    V2_EMBED,
+    PING,
+    INVOCATIONS,
 )
-BY_PATH: dict[str, Route] = {r.path: r for r in ROUTES}
+_FAMILY: dict[str, Family] = {r.path: r.family for r in ROUTES if r.family != "probes"}
 
 
-def open_paths(*, metrics_public: bool) -> frozenset[str]:
-    """Paths answered without the API key."""
+def open_routes(*, metrics_public: bool) -> frozenset[tuple[str, str]]:
+    """(method, path) pairs answered without the API key (`GET /` is open, `POST /` is not)."""
     allowed: tuple[Access, ...] = ("open", "metrics") if metrics_public else ("open",)
-    return frozenset(r.path for r in ROUTES if r.access in allowed)
-
-
-def inference_paths() -> frozenset[str]:
-    return frozenset(r.path for r in ROUTES if r.inference)
+    return frozenset((m, r.path) for r in ROUTES if r.access in allowed for m in r.methods)
 
 
 def route_tasks(*, default: Task = Task.EMBED) -> dict[str, str]:
@@ -119,8 +164,7 @@ def route_tasks(*, default: Task = Task.EMBED) -> dict[str, str]:
 
 def openai_shaped(path: str) -> bool:
     """Whether errors on `path` use OpenAI's error object (its routes and any other /v1/ path)."""
-    route = BY_PATH.get(path)
-    return (route is not None and route.family == "openai") or path.startswith("/v1/")
+    return _FAMILY.get(path) == "openai" or path.startswith("/v1/")
 
 
 def warm_calls(task: Task, model: str) -> list[tuple[str, dict[str, Any]]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
@@ -11,7 +13,8 @@ from starlette.responses import Response
 
 from ember import __version__
 from ember.engine.model import ModelEngine
-from ember.errors import NotReady
+from ember.engine.tokenizer import Item, check_ids, decode_ids, vocab_size
+from ember.errors import NotReady, WrongTask
 from ember.http import schemas as s
 from ember.http import shaping, table
 from ember.http.deps import EnginesDep, SettingsDep, on
@@ -23,6 +26,8 @@ from ember.models import Task
 router = APIRouter(tags=["TEI"], responses=TEI_ERRORS)
 
 _Body = TypeVar("_Body", bound=BaseModel)
+_INLINE_CHARS = 4096
+"""Up to this many characters, `/tokenize` runs inline: a thread hop costs more."""
 
 
 def parse(schema: type[_Body], body: dict[str, Any]) -> _Body:
@@ -33,22 +38,48 @@ def parse(schema: type[_Body], body: dict[str, Any]) -> _Body:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
+def _textual(inputs: list[Any]) -> bool:
+    """Whether predict inputs are texts or pairs (not token ids)."""
+    first = inputs[0]
+    return isinstance(first, str) or (
+        isinstance(first, list) and bool(first) and isinstance(first[0], str)
+    )
+
+
+def _headers(result: Any, items: Sequence[Item]) -> dict[str, str]:
+    """TEI's timing headers for an engine result over `items`."""
+    return shaping.timing_headers(
+        result.timings, tokens=result.tokens, chars=shaping.characters(items)
+    )
+
+
 async def embed_rows(model: ModelEngine, req: s.EmbedRequest, *, limit: int) -> Response:
+    texts, id_rows = shaping.split_inputs(req.inputs, limit=limit)
+    if id_rows:
+        by_id = await model.embed_ids(
+            id_rows,
+            normalize=req.normalize,
+            truncate=req.truncate,
+            direction=req.truncation_direction,
+            dimensions=req.dimensions,
+            prompt_name=req.prompt_name,
+        )
+        return JSON(by_id.rows, headers=_headers(by_id, []))
     result = await model.embed(
-        shaping.as_list(req.inputs, limit=limit),
+        texts,
         normalize=req.normalize,
         truncate=req.truncate,
         direction=req.truncation_direction,
         dimensions=req.dimensions,
         prompt_name=req.prompt_name,
     )
-    return JSON(shaping.embeddings(result.rows))
+    return JSON(shaping.embeddings(result.rows), headers=_headers(result, texts))
 
 
 async def rerank_items(
     model: ModelEngine, req: s.RerankRequest, *, limit: int
-) -> tuple[list[s.RankItem], int]:
-    """The ranked items, best first, and the tokens the pairs took."""
+) -> tuple[list[s.RankItem], int, dict[str, str]]:
+    """The ranked items, best first, the tokens the pairs took and the timing headers."""
     texts = shaping.as_list(req.texts, limit=limit)
     result = await model.rerank(
         req.query,
@@ -57,11 +88,26 @@ async def rerank_items(
         truncate=req.truncate,
         direction=req.truncation_direction,
     )
-    return shaping.ranked(result.rows[:, 0], texts, return_text=req.return_text), result.tokens
+    items = shaping.ranked(result.rows[:, 0], texts, return_text=req.return_text)
+    headers = _headers(result, [(req.query, t) for t in texts])
+    return items, result.tokens, headers
 
 
-async def predict_body(model: ModelEngine, req: s.PredictRequest, *, limit: int) -> Any:
-    items, batch = shaping.predict_items(req.inputs, limit=limit)
+async def predict_response(model: ModelEngine, req: s.PredictRequest, *, limit: int) -> Response:
+    inputs = req.inputs
+    if isinstance(inputs, list) and inputs and not _textual(inputs):
+        id_rows = shaping.id_rows(inputs)  # type: ignore[arg-type]
+        shaping.as_list([""] * len(id_rows), limit=limit)  # the same count limit as texts
+        by_id = await model.classify_ids(
+            id_rows,
+            raw_scores=req.raw_scores,
+            truncate=req.truncate,
+            direction=req.truncation_direction,
+        )
+        scored = shaping.predictions(by_id.rows, model.spec.labels)
+        batched = isinstance(inputs[0], list)
+        return JSON(scored if batched else scored[0], headers=_headers(by_id, []))
+    items, batch = shaping.predict_items(inputs, limit=limit)  # type: ignore[arg-type]
     result = await model.classify(
         items,
         raw_scores=req.raw_scores,
@@ -69,7 +115,7 @@ async def predict_body(model: ModelEngine, req: s.PredictRequest, *, limit: int)
         direction=req.truncation_direction,
     )
     per_input = shaping.predictions(result.rows, model.spec.labels)
-    return per_input if batch else per_input[0]
+    return JSON(per_input if batch else per_input[0], headers=_headers(result, items))
 
 
 @on(router, table.INFO)
@@ -112,14 +158,14 @@ async def embed(req: s.EmbedRequest, engines: EnginesDep, settings: SettingsDep)
 @on(router, table.RERANK, response_model=list[s.RankItem])
 async def rerank(req: s.RerankRequest, engines: EnginesDep, settings: SettingsDep) -> Response:
     model = engines.select(Task.RERANK, req.model)
-    items, _tokens = await rerank_items(model, req, limit=settings.max_client_batch_size)
-    return JSON(items)
+    items, _, headers = await rerank_items(model, req, limit=settings.max_client_batch_size)
+    return JSON(items, headers=headers)
 
 
 @on(router, table.PREDICT, response_model=list[s.Prediction] | list[list[s.Prediction]])
 async def predict(req: s.PredictRequest, engines: EnginesDep, settings: SettingsDep) -> Response:
     model = engines.select(Task.CLASSIFY, req.model)
-    return JSON(await predict_body(model, req, limit=settings.max_client_batch_size))
+    return await predict_response(model, req, limit=settings.max_client_batch_size)
 
 
 async def dispatch(body: dict[str, Any], engines: EnginesDep, settings: SettingsDep) -> Response:
@@ -131,11 +177,15 @@ async def dispatch(body: dict[str, Any], engines: EnginesDep, settings: Settings
     model = engines.select(first.task, name) if name else first
     limit = settings.max_client_batch_size
     if model.task is Task.EMBED:
+        # TEI's `POST /` also takes a `/similarity` body (its untagged request enum), which
+        # huggingface_hub's `sentence_similarity` sends to a bare endpoint URL.
+        if isinstance(body.get("inputs"), dict):
+            return await similarity_scores(model, parse(s.SimilarityRequest, body), limit=limit)
         return await embed_rows(model, parse(s.EmbedRequest, body), limit=limit)
     if model.task is Task.RERANK:
-        items, _tokens = await rerank_items(model, parse(s.RerankRequest, body), limit=limit)
-        return JSON(items)
-    return JSON(await predict_body(model, parse(s.PredictRequest, body), limit=limit))
+        items, _, headers = await rerank_items(model, parse(s.RerankRequest, body), limit=limit)
+        return JSON(items, headers=headers)
+    return await predict_response(model, parse(s.PredictRequest, body), limit=limit)
 
 
 @on(router, table.ROOT)
@@ -151,5 +201,82 @@ async def tokenize(req: s.TokenizeRequest, engines: EnginesDep, settings: Settin
     if model.tokenizer is None or model.lifecycle.stage in (Stage.STARTING, Stage.LOADING):
         raise NotReady(f"model {model.spec.name!r} is {model.lifecycle.stage.value}")
     texts = shaping.as_list(req.inputs, limit=settings.max_client_batch_size)
-    encodings = model.tokenizer.tokenize(list(texts), add_special_tokens=req.add_special_tokens)
+    shaping.check_unicode(texts)
+    tokenizer, special = model.tokenizer, req.add_special_tokens
+    if sum(map(len, texts)) <= _INLINE_CHARS:
+        encodings = tokenizer.tokenize(list(texts), add_special_tokens=special)
+    else:  # off the event loop, so probes and other requests keep answering
+        encodings = await asyncio.to_thread(
+            tokenizer.tokenize, list[Item](texts), add_special_tokens=special
+        )
     return JSON(shaping.tokens(encodings, texts))
+
+
+@on(router, table.DECODE, response_model=list[str])
+async def decode(req: s.DecodeRequest, engines: EnginesDep) -> Response:
+    """Token ids back to text, one string per id list (TEI's `/decode`)."""
+    first = engines.first()
+    model = engines.select(first.task if first else Task.EMBED, req.model)
+    if model.tokenizer is None or model.lifecycle.stage in (Stage.STARTING, Stage.LOADING):
+        raise NotReady(f"model {model.spec.name!r} is {model.lifecycle.stage.value}")
+    rows = shaping.id_rows(req.ids)
+    check_ids(rows, vocab=vocab_size(model.tokenizer))
+    skip = req.skip_special_tokens
+    return JSON([decode_ids(model.tokenizer, ids, skip_special_tokens=skip) for ids in rows])
+
+
+@on(router, table.SIMILARITY, response_model=list[float])
+async def similarity(
+    req: s.SimilarityRequest, engines: EnginesDep, settings: SettingsDep
+) -> Response:
+    """Cosine similarity of each sentence to the source sentence (huggingface_hub's
+    `sentence_similarity`)."""
+    model = engines.select(Task.EMBED, req.model)
+    return await similarity_scores(model, req, limit=settings.max_client_batch_size)
+
+
+async def similarity_scores(
+    model: ModelEngine, req: s.SimilarityRequest, *, limit: int
+) -> Response:
+    """`/similarity`'s answer from `model`."""
+    params = req.parameters or s.SimilarityParameters()
+    texts = [req.inputs.source_sentence, *req.inputs.sentences]
+    shaping.as_list(req.inputs.sentences, limit=limit)
+    result = await model.embed(
+        texts,
+        normalize=True,
+        truncate=params.truncate,
+        direction=params.truncation_direction,
+        prompt_name=params.prompt_name,
+    )
+    return JSON(shaping.similarities(result.rows), headers=_headers(result, texts))
+
+
+def _no_outputs(model: ModelEngine, *, wanted: str) -> WrongTask:
+    return WrongTask(
+        f"{wanted} needs outputs this server's backends do not produce yet; model "
+        f"{model.spec.name!r} ({model.task.value}, {model.spec.pooling} pooling) serves "
+        f"{_ROUTE_OF[model.task]}"
+    )
+
+
+_ROUTE_OF = {
+    Task.EMBED: "/embed and /v1/embeddings",
+    Task.RERANK: "/rerank",
+    Task.CLASSIFY: "/predict",
+}
+
+
+@on(router, table.EMBED_ALL, response_model=list[list[list[float]]])
+async def embed_all(req: s.EmbedRequest, engines: EnginesDep) -> Response:
+    """Per-token vectors: answered 424 until a backend returns hidden states per token."""
+    raise _no_outputs(
+        engines.select(Task.EMBED, req.model), wanted="/embed_all (per-token vectors)"
+    )
+
+
+@on(router, table.EMBED_SPARSE, response_model=list[list[dict[str, float]]])
+async def embed_sparse(req: s.EmbedRequest, engines: EnginesDep) -> Response:
+    """SPLADE vectors: answered 424 until a backend returns SPLADE outputs."""
+    model = engines.select(Task.EMBED, req.model)
+    raise _no_outputs(model, wanted="/embed_sparse (SPLADE sparse vectors)")

@@ -51,7 +51,7 @@ SMALL_BUCKETS = Buckets.build(
     row_buckets=[],
     max_tokens=4096,
     max_rows=32,
-    gpu=True,
+    pads_rows=True,
 )
 
 
@@ -72,7 +72,7 @@ def warm_up_under_a_memory_cap(factory: Callable[[ModelSpec, Settings], Any]) ->
     from ember.engine.registry import Engines
 
     async def go() -> tuple[str, int]:
-        engines = Engines(Settings(model=["builtin"]), backend_factory=factory, gpu=True)
+        engines = Engines(Settings(model=["builtin"]), backend_factory=factory)
         await engines.start()
         model = engines.models[0]
         stage, tokens = engines.stage.value, model.describe()["buckets"]["max_batch_tokens"]

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from ember.backends import cupy_backend, loader
+from ember.engine.tokenizer import Item
 from ember.models import ModelSpec, Task, inspect_model
 from ember.settings import Settings
 from tests.corpus import PARITY_TEXTS
+from tests.unit.backends import families
 from tests.unit.backends.common import (
     PAIRS,
     SMALL_BUCKETS,
@@ -77,6 +79,28 @@ def test_auto_falls_back_to_torch_with_the_reason(
     (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0")
     spec = inspect_model(str(folder))
     assert "BF16" in str(cupy_backend.unsupported(spec, Settings()))
+    assert loader.resolve_backend(Settings(), "cuda", spec) == "torch"
+
+
+@pytest.mark.parametrize("family", families.FAMILIES)
+@pytest.mark.parametrize("task", [Task.EMBED, Task.RERANK], ids=lambda t: t.value)
+def test_auto_picks_cupy_for_every_bert_shaped_family(
+    tiny_dir: Path, with_cupy: None, family: str, task: Task
+) -> None:
+    spec = inspect_model(str(families.build(tiny_dir / "bert-shaped", family, task)))
+    assert loader.resolve_backend(Settings(), "cuda", spec) == "cupy"
+
+
+def test_other_families_go_to_torch_on_cuda(
+    tiny_dir: Path, tmp_path: Path, with_cupy: None
+) -> None:
+    source = families.build(tiny_dir / "bert-shaped", "bert", Task.EMBED)
+    folder = tmp_path / "mpnet"
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"model_type": "mpnet"}))
+    spec = inspect_model(str(folder))
+    assert "not a BERT-shaped encoder" in str(cupy_backend.unsupported(spec, Settings()))
     assert loader.resolve_backend(Settings(), "cuda", spec) == "torch"
 
 
@@ -150,6 +174,49 @@ def test_heads_match_transformers(tiny: dict[str, Path], kind: str) -> None:
     with torch.no_grad():
         expected = model(**tok(*args, padding=True, return_tensors="pt")).logits.numpy()
     np.testing.assert_allclose(logits, expected, atol=2e-2)
+    backend.close()
+
+
+FAMILY_CASES = [
+    *((f, Task.EMBED, "mean") for f in families.FAMILIES),
+    ("xlm-roberta", Task.EMBED, "cls"),
+    *((f, Task.RERANK, "mean") for f in families.FAMILIES),
+    ("roberta", Task.CLASSIFY, "mean"),
+    ("distilbert", Task.CLASSIFY, "mean"),
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize(
+    ("family", "task", "pooling"), FAMILY_CASES, ids=lambda v: str(getattr(v, "value", v))
+)
+def test_families_in_fp16_match_transformers(
+    tiny_dir: Path, family: str, task: Task, pooling: str
+) -> None:
+    """Each BERT-shaped family and head on the fast path against transformers in fp32: cos ≥
+    0.999 for vectors, logits within fp16's error (2e-2)."""
+    path = families.build(tiny_dir / "bert-shaped", family, task, pooling=pooling)
+    spec = inspect_model(str(path))
+    backend = cupy_backend.CupyBackend(spec=spec)
+    assert backend.describe()["implementation"] == f"native-{family}"
+    items: list[Item]
+    if task is Task.EMBED:
+        items = [*PARITY_TEXTS[:6], "a longer text " * 20]
+    else:
+        items = list(PAIRS) if task is Task.RERANK else [a for a, _ in PAIRS]
+    batch = batch_of(spec, items, rows=len(items) + 2, seq=64)
+    first = backend.run(batch)[: len(items)]  # eager, then captured
+    again = backend.run(batch)[: len(items)]  # replayed
+    expected = families.reference(path, family, task, batch, pooling=pooling)[: len(items)]
+    np.testing.assert_allclose(again, first, rtol=1e-3, atol=1e-3)
+    if task is Task.EMBED:
+        assert cosines(again, expected).min() >= 0.999
+    else:
+        np.testing.assert_allclose(again, expected, atol=2e-2)
+        # Closeness means something only if the inputs' scores differ by more than the bound
+        # (within it, the order of close scores may differ: fp16).
+        assert np.ptp(expected[:, 0]) > 0.05
     backend.close()
 
 

@@ -4,17 +4,20 @@
                               [--dim N] [--delay S] [--overloaded]
 
 /health is 200 at once; /ready is 503 until `ready-after` seconds have passed; POST /embed
-(TEI) and POST /v1/embeddings (OpenAI) return one 4-dim vector per input, POST /rerank (TEI)
-one score per text, POST /predict one label list per input; else 404. `--overloaded` answers
-every POST 429 with Retry-After: 1.
+(TEI) and POST /v1/embeddings (OpenAI, float or base64) return one 4-dim vector per input,
+POST /rerank (TEI) one score per text, POST /predict one label list per input; GET /info lists
+an embedder, a reranker and a classifier; else 404. `--overloaded` answers every POST 429 with
+Retry-After: 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import signal
+import struct
 import time
 
 DIM = 4
@@ -24,7 +27,20 @@ def vectors(n: int) -> list[list[float]]:
     return [[0.123456789] * DIM for _ in range(n)]
 
 
+INFO = {
+    "version": "fake",
+    "max_client_batch_size": 8,
+    "models": [
+        {"model_id": "e", "task": "embed", "max_input_length": 64},
+        {"model_id": "r", "task": "rerank", "max_input_length": 64},
+        {"model_id": "c", "task": "classify", "max_input_length": 64},
+    ],
+}
+
+
 def answer(method: str, path: str, body: bytes, ready: bool) -> tuple[int, object]:
+    if path == "/info":
+        return 200, INFO
     if path == "/health":
         return 200, {"status": "alive"}
     if path == "/ready":
@@ -33,11 +49,15 @@ def answer(method: str, path: str, body: bytes, ready: bool) -> tuple[int, objec
         inputs = json.loads(body)["inputs"]
         return 200, vectors(1 if isinstance(inputs, str) else len(inputs))
     if method == "POST" and path == "/v1/embeddings":
-        texts = json.loads(body)["input"]
+        request = json.loads(body)
+        texts = request["input"]
         n = 1 if isinstance(texts, str) else len(texts)
-        data = [
+        data: list[dict[str, object]] = [
             {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors(n))
         ]
+        if request.get("encoding_format") == "base64":
+            packed = base64.b64encode(struct.pack(f"<{DIM}f", *vectors(1)[0])).decode()
+            data = [{**item, "embedding": packed} for item in data]
         return 200, {"object": "list", "data": data, "model": "fake"}
     if method == "POST" and path == "/rerank":
         texts = json.loads(body)["texts"]

@@ -242,3 +242,38 @@ def test_a_mixed_workload_runs_through_the_same_loop(
     assert level["emb_per_s"] > 2 * level["req_per_s"]  # 2, 4 or 3 items a request
     assert result["workload"]["kind"] == "mixed"
     orjson.dumps(result)  # serialisable as is
+
+
+def test_soak_script_runs_its_mix_through_the_loop(
+    fake_server: tuple[int, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    port, proc = fake_server
+    out = tmp_path / "soak.json"
+    script = Path(__file__).parents[3] / "benchmarks" / "soak.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--url", f"http://127.0.0.1:{port}", "--minutes", "0.02",
+         "--interval", "0.6", "--concurrency", "2", "--server-pid", str(proc.pid),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    doc = orjson.loads(out.read_bytes())
+    assert doc["errors"] == {} and doc["ok"] > 0, done.stdout + done.stderr
+    assert set(doc["config"]["mix"]) == {
+        "embed-1", "embed-batch", "openai-base64", "rerank", "predict"
+    }  # fmt: skip
+    assert len(doc["intervals"]) == 2 and doc["rss_mb"]["start"] > 1
+
+
+@pytest.mark.parametrize("workload", ["rerank", "classify", "mixed"])
+def test_cli_load_runs_any_workload(tmp_path: Path, workload: str) -> None:
+    from ember.bench.cli import main
+
+    cmd = f"{sys.executable} {FAKE} --port {{port}}"
+    args = ["load", "--cmd", cmd, "--workload", workload, "--batch", "3", "--concurrency", "2"]
+    args += ["--duration", "0.2", "--warmup", "0", "--no-plot", "--out", str(tmp_path)]
+    assert main(args) == 0
+    (path,) = tmp_path.glob("load-*.json")
+    doc = orjson.loads(path.read_bytes())
+    assert doc["workload"]["kind"] == workload
+    (level,) = doc["levels"]
+    assert level["ok"] > 0 and level["errors"] == {}

@@ -11,7 +11,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ember.bench.process import drop_page_cache, render_cmd, spawn_server, stop_server
+from ember.bench.process import (
+    drop_page_cache,
+    render_cmd,
+    spawn_server,
+    stop_server,
+    tree_rss_mb,
+)
 from ember.bench.startup import SHAPE_CLASSES, StartupConfig, run_startup
 
 FAKE = Path(__file__).with_name("fake_server.py")
@@ -31,7 +37,7 @@ def test_startup_result_shape(tmp_path: Path) -> None:
     assert result["failed_runs"] == []
     assert len(result["runs"]) == 2
     for run in result["runs"]:
-        assert 0.3 <= run["ready_seconds"] < 5
+        assert 0.3 <= run["ready_seconds"] < 60  # generous: a loaded machine is slow to spawn
         assert run["port_seconds"] <= run["health_seconds"] < run["ready_seconds"]
         # Probe time: /health answered and /ready said 503 before ready (ordered, not timed:
         # the fake's own interpreter start varies with the machine's load).
@@ -109,3 +115,8 @@ def test_cold_runs_drop_the_page_cache_first(tmp_path: Path) -> None:
     cold = result["runs"][0]["ready_seconds"]
     assert result["summary"]["ready_seconds_cold_max"] == cold
     assert result["evicted"] == [str(weights)]
+
+
+def test_tree_rss_of_this_process() -> None:
+    rss = tree_rss_mb(os.getpid())
+    assert rss is not None and 1 < rss < 100_000

@@ -10,7 +10,7 @@ from ember.engine.warmup import plan_shapes
 
 
 def make(
-    max_length: int = 256, max_tokens: int = 4096, max_rows: int = 32, gpu: bool = False
+    max_length: int = 256, max_tokens: int = 4096, max_rows: int = 32, pads_rows: bool = False
 ) -> Buckets:
     return Buckets.build(
         max_length=max_length,
@@ -18,7 +18,7 @@ def make(
         row_buckets=[],
         max_tokens=max_tokens,
         max_rows=max_rows,
-        gpu=gpu,
+        pads_rows=pads_rows,
     )
 
 
@@ -34,8 +34,8 @@ def test_one_max_length_row_always_fits() -> None:
     assert (1, 512) in b.shapes()
 
 
-def test_gpu_rows_are_powers_of_two() -> None:
-    assert make(max_rows=256, gpu=True).rows == (1, 2, 4, 8, 16, 32, 64, 128, 256)
+def test_padded_rows_are_powers_of_two() -> None:
+    assert make(max_rows=256, pads_rows=True).rows == (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def test_shapes_respect_the_token_budget_and_come_largest_first() -> None:
@@ -53,7 +53,7 @@ bucket_strategy = st.builds(
     max_length=st.sampled_from([64, 128, 256, 512]),
     max_tokens=st.sampled_from([256, 1024, 4096, 16384]),
     max_rows=st.sampled_from([1, 8, 32, 256]),
-    gpu=st.booleans(),
+    pads_rows=st.booleans(),
 )
 
 

@@ -37,12 +37,24 @@ def test_pairs_carry_type_ids(tok: TextTokenizer) -> None:
     assert 1 in enc.type_ids and enc.type_ids[0] == 0
 
 
-@pytest.mark.parametrize("tokens", [3, 8, 16])
-def test_text_of_length_is_exact(tok: TextTokenizer, tokens: int) -> None:
-    text = tok.text_of_length(tokens, seed="the quick brown fox")
-    assert tok.encode([text])[0].length == tokens
-    pair = tok.text_of_length(tokens, seed="the quick brown fox", pair=True)
-    assert tok.encode([pair])[0].length == tokens
+def test_shortest_inputs_are_the_special_tokens(tok: TextTokenizer) -> None:
+    assert tok.shortest(pair=False) == 2  # [CLS] [SEP]
+    assert tok.shortest(pair=True) == 3  # [CLS] [SEP] [SEP]
+
+
+@pytest.mark.parametrize("tokens", [3, 4, 8, 16])
+def test_of_length_is_exact_and_shaped_like_a_real_input(tok: TextTokenizer, tokens: int) -> None:
+    text = tok.of_length(tokens, pair=False, seed="the quick brown fox")
+    assert text.length == tokens and text.ids[0] == 101 and text.ids[-1] == 102
+    pair = tok.of_length(tokens, pair=True, seed="the quick brown fox")
+    assert pair.length == tokens and pair.ids.count(102) == 2
+    assert pair.type_ids[-1] == 1  # the second text's [SEP] is type 1, as a real pair's
+
+
+def test_of_length_below_the_special_tokens_is_refused(tok: TextTokenizer) -> None:
+    assert tok.of_length(2, pair=False, seed="x").length == 2
+    with pytest.raises(ValueError, match="special tokens"):
+        tok.of_length(2, pair=True, seed="x")
 
 
 def test_empty_and_unicode_inputs(tok: TextTokenizer) -> None:

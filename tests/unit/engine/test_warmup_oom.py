@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ember.backends.base import Batch, DeviceOutOfMemory, FloatArray
+from ember.backends.base import GPU_SEQ, Batch, Capabilities, DeviceOutOfMemory, FloatArray
 from ember.engine.registry import Engines
 from ember.models import ModelSpec
 from ember.settings import Settings
@@ -20,6 +20,14 @@ class TightBackend:
 
     def __init__(self, spec: ModelSpec, fits: int) -> None:
         self.width = spec.hidden_size or 8
+        self.capabilities = Capabilities(
+            device="cuda",
+            lengths="coarse",
+            seq_buckets=GPU_SEQ,
+            pads_rows=True,
+            output_width=self.width,
+            oom=DeviceOutOfMemory,
+        )
         self.fits = fits
         self.shapes: list[tuple[int, int]] = []
 
@@ -45,7 +53,7 @@ async def _start(fits: int) -> tuple[Engines, TightBackend]:
         return backends[-1]
 
     settings = Settings(max_batch_tokens=4096, max_batch_requests=64, seq_buckets=[16, 64, 128])
-    engines = Engines(settings, backend_factory=factory, gpu=True)
+    engines = Engines(settings, backend_factory=factory)
     await engines.start()
     return engines, backends[0]
 
@@ -56,9 +64,8 @@ async def test_budget_is_halved_until_warm_up_fits() -> None:
     try:
         assert engines.stage.value == "ready"
         model = engines.models[0]
-        assert model.buckets.max_tokens == 1024
+        assert model.loaded.buckets.max_tokens == 1024
         assert model.describe()["buckets"]["max_batch_tokens"] == 1024
-        assert model.batcher is not None and model.batcher.buckets is model.buckets
         assert max(r * s for r, s in backend.shapes) <= 1024
         assert model.warmup_report is not None and model.warmup_report.covered
     finally:

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from ember.engine.tokenizer import check_ids
 from ember.errors import InvalidInput, TooLarge
 from ember.http import shaping
 from ember.models import Task
@@ -53,13 +54,63 @@ def test_a_column_slice_serialises() -> None:
 
 def test_openai_base64_is_little_endian_float32() -> None:
     rows = np.array([[1.5, -2.0]], dtype=np.float32)
-    body = shaping.openai_embeddings(rows, encoding_format="base64", model="m", tokens=3)
+    b64 = shaping.encoded(rows, "base64", bounds=None)
+    body = shaping.openai_embeddings(b64, model="m", tokens=3)
     embedding = body["data"][0]["embedding"]
     assert isinstance(embedding, str)
     assert np.frombuffer(base64.b64decode(embedding), "<f4").tolist() == [1.5, -2.0]
     assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
-    floats = shaping.openai_embeddings(rows, encoding_format="float", model="m", tokens=3)
+    floats = shaping.openai_embeddings(
+        shaping.encoded(rows, "float", bounds=None), model="m", tokens=3
+    )
     assert orjson.loads(shaping.JSON(floats).body)["data"][0]["embedding"] == [1.5, -2.0]
+
+
+def test_timing_headers_are_teis_integer_milliseconds() -> None:
+    timings = {"tokenize": 0.0021, "queue": 0.0005, "inference": 0.0105, "total": 0.0139}
+    headers = shaping.timing_headers(timings, tokens=12, chars=40)
+    assert headers == {
+        "x-compute-time": "13",
+        "x-total-time": "13",
+        "x-tokenization-time": "2",
+        "x-queue-time": "0",
+        "x-inference-time": "10",
+        "x-compute-tokens": "12",
+        "x-compute-characters": "40",
+    }
+    assert shaping.characters(["ab", ("c", "de")]) == 5
+
+
+def test_similarities_are_cosines_to_the_first_row() -> None:
+    rows = np.array([[1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    assert shaping.similarities(rows) == pytest.approx([0.0, 0.6])
+
+
+def test_check_ids_names_the_first_bad_id_and_spots_tiktoken() -> None:
+    check_ids([[0, 5, 99]], vocab=100)
+    with pytest.raises(InvalidInput, match="position 1: token id 100 ") as bert:
+        check_ids([[1, 100, 200]], vocab=100)
+    assert "tiktoken" in bert.value.message
+    with pytest.raises(InvalidInput, match="check_embedding_ctx_length=False"):
+        check_ids([[1, 2], [3, 100256]], vocab=30522)
+    with pytest.raises(InvalidInput, match="-1"):
+        check_ids([[-1]], vocab=30522)
+    with pytest.raises(InvalidInput, match="empty"):
+        check_ids([[]], vocab=30522)
+    assert shaping.id_rows([1, 2]) == [[1, 2]]
+    assert shaping.id_rows([[1], [2, 3]]) == [[1], [2, 3]]
+
+
+def test_cohere_shapes() -> None:
+    items = shaping.ranked(np.array([0.1, 0.8], dtype=np.float32), ["a", "b"], return_text=False)
+    rr = shaping.cohere_rerank(items, ["a", "b"], top_n=None, return_documents=False, tokens=4)
+    assert [r["index"] for r in rr["results"]] == [1, 0] and rr["id"]
+    assert rr["meta"]["api_version"] == {"version": "2"}
+    rows = np.ones((1, 8), dtype=np.float32)
+    by_type = {"ubinary": shaping.encoded(rows, "ubinary", bounds=None)}
+    emb = orjson.loads(shaping.JSON(shaping.cohere_embed(by_type, ["t"], tokens=2)).body)
+    assert emb["embeddings"] == {"ubinary": [[255]]}
+    assert emb["response_type"] == "embeddings_by_type" and emb["texts"] == ["t"]
 
 
 def test_v1_rerank_cuts_at_top_n_and_returns_documents() -> None:
