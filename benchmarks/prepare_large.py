@@ -6,8 +6,8 @@ at most 2.5x) and peak disk against the artifact (issue 15: at most 2x).
 The default shape is XLM-RoBERTa-large's as a BERT (24 layers, hidden 1024, vocabulary 250,002:
 560 M parameters, 2.24 GB in float32), past the 2 GB protobuf limit. `--quick` runs a tiny model
 to check the script itself (its peak RSS, ~0.55 GB, is the imports: torch, transformers, onnx).
-Needs about 12 GB of memory and 8 GB of disk; takes minutes. Prints one JSON object and a
-Markdown row for RESULTS.md.
+Needs about 15 GB of memory (6.2x the weights measured on a 2.26 GB BERT, 2026-12) and 5 GB of
+disk; takes 5-10 minutes on 2 cores. Prints one JSON object and a Markdown row for RESULTS.md.
 """
 
 from __future__ import annotations

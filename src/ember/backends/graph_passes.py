@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from ember.errors import ModelError
 from ember.manifest import DATA_FILE, Fusion
@@ -26,6 +27,8 @@ DATA_ALIGNMENT = 4096
 """Each external tensor starts at a page boundary, so a mapped tensor shares no page."""
 DATA_MIN_BYTES = 1024
 """Initializers smaller than this stay inside the graph file (shapes, scalars)."""
+_COPY_CHUNK = 16 << 20
+"""Bytes per read when copying external weights from file to file."""
 ORT_MODEL_TYPES = {
     # ORT's "bert" fusions (Attention, EmbedLayerNorm, BiasGelu) recognise these encoders.
     **dict.fromkeys(
@@ -173,12 +176,16 @@ def quantize(source: Path, dest: Path) -> None:
     with quiet(), ort_logs_quiet():
         try:
             quantize_dynamic(
-                str(source),
+                # In memory: from a path, ORT's quantiser misreads an export's per-weight external
+                # files (what torch writes past 2 GB): the position ids came back as garbage.
+                onnx.load(str(source)),
                 str(dest),
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 op_types_to_quantize=["MatMul", "Attention"],
-                use_external_data_format=True,  # as the other passes: any size
+                # External only when large: an int8 graph with external data served from the
+                # raw export (--optimize 0) read its position ids as garbage (not understood yet).
+                use_external_data_format=_folder_bytes(source.parent) > QUANTIZE_EXTERNAL_ABOVE,
                 # ORT's shape inference cannot type the outputs of fused contrib ops; they are
                 # all float here. (Its "pre-processing" fixes that too, at 5 s more.)
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -187,10 +194,21 @@ def quantize(source: Path, dest: Path) -> None:
             raise ModelError(f"int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
 
 
+QUANTIZE_EXTERNAL_ABOVE = 1 << 30
+"""Bytes of input graph above which the int8 graph is written with external data."""
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
 def save_optimized(source: Path, dest: Path, level: int) -> None:
     """Apply ORT's graph optimisations once and save the result, so serving starts need not."""
     if level == 0:
-        source.replace(dest)  # moved, not copied: no third copy on disk
+        # Moved, not copied (no third copy on disk): the graph and the external data beside it
+        # (a pass's folder holds one graph).
+        for file in source.parent.iterdir():
+            file.replace(dest.parent / (dest.name if file == source else file.name))
         return
     from ember.backends.ort_session import create_session
 
@@ -200,22 +218,71 @@ def save_optimized(source: Path, dest: Path, level: int) -> None:
 def externalize(source: Path, dest: Path, *, consume: bool = False) -> None:
     """Save the graph `source` as `dest` plus `DATA_FILE` beside it, each initializer of
     `DATA_MIN_BYTES` or more at a `DATA_ALIGNMENT` boundary of the data file. With `consume`,
-    `source`'s folder is deleted once the graph is in memory, before anything is written."""
-    import onnx
-    from onnx.external_data_helper import set_external_data
+    `source`'s folder is deleted once written.
 
-    model = onnx.load(str(source))
-    if consume:
-        shutil.rmtree(source.parent)
+    The graph is read without its external data, and external weights are copied file to file
+    in chunks: a 2.26 GB model's weights never sit in memory here (onnx would hold them all,
+    and protobuf's `raw_data` copies each one again on access)."""
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=False)
     offset = 0
     with (dest.parent / DATA_FILE).open("wb") as data:
         for tensor in model.graph.initializer:
-            raw = tensor.raw_data
-            if len(raw) < DATA_MIN_BYTES:
-                continue
-            offset += data.write(bytes(-offset % DATA_ALIGNMENT))
-            set_external_data(tensor, location=DATA_FILE, offset=offset, length=len(raw))
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            offset += data.write(raw)
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                location, start, length = _external_ref(tensor, source.parent)
+                if length < DATA_MIN_BYTES:  # small: back inside the graph
+                    with location.open("rb") as fh:
+                        fh.seek(start)
+                        tensor.raw_data = fh.read(length)
+                    del tensor.external_data[:]
+                    tensor.data_location = onnx.TensorProto.DEFAULT
+                    continue
+                offset += data.write(bytes(-offset % DATA_ALIGNMENT))
+                _copy_range(location, start, length, data)
+            else:
+                raw = tensor.raw_data
+                if len(raw) < DATA_MIN_BYTES:
+                    continue
+                length = len(raw)
+                offset += data.write(bytes(-offset % DATA_ALIGNMENT))
+                data.write(raw)
+                del raw
+                tensor.ClearField("raw_data")
+            _point_to(tensor, offset=offset, length=length)
+            offset += length
     onnx.save_model(model, str(dest))
+    if consume:
+        shutil.rmtree(source.parent)
+
+
+def _external_ref(tensor: Any, folder: Path) -> tuple[Path, int, int]:
+    """(file, offset, length) of an external tensor, its file relative to `folder`."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = folder / info["location"]
+    start = int(info.get("offset", 0))
+    length = int(info["length"]) if "length" in info else location.stat().st_size - start
+    return location, start, length
+
+
+def _copy_range(source: Path, start: int, length: int, out: BinaryIO) -> None:
+    with source.open("rb") as fh:
+        fh.seek(start)
+        left = length
+        while left:
+            chunk = fh.read(min(left, _COPY_CHUNK))
+            if not chunk:
+                raise ModelError(f"{source} ends before the tensor it holds at {start}+{length}")
+            out.write(chunk)
+            left -= len(chunk)
+
+
+def _point_to(tensor: Any, *, offset: int, length: int) -> None:
+    """Make `tensor` refer to `length` bytes at `offset` of `DATA_FILE`."""
+    import onnx
+
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", DATA_FILE), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
