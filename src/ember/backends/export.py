@@ -76,24 +76,28 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
     """Build the artifact for `spec` into the empty folder `out`; `key` is its cache key."""
     work = out / "work"
     work.mkdir()
-    with step("load the model"):
-        module, input_names = _load_wrapper(spec)
-        feeds = _sample_feeds(spec, input_names)
-        expected = _reference(module, feeds)
-    with step("export to ONNX"):
-        graph = _stage(work, "exported")
-        _export(
-            module,
-            feeds=feeds,
-            names=input_names,
-            output=_output_name(spec),
-            path=graph,
-            opset=options.opset,
-        )
-    # Peak memory: the torch weights are not needed past the export (verify compares with the
-    # reference outputs computed above).
-    del module
-    gc.collect()
+    graph = _stage(work, "exported")
+    expected: FloatArray | None = None  # None: built without torch, verified in tests only
+    if (built := _build_without_torch(spec, graph, options, step)) is not None:
+        feeds = _sample_feeds(spec, built)
+    else:
+        with step("load the model"):
+            module, input_names = _load_wrapper(spec)
+            feeds = _sample_feeds(spec, input_names)
+            expected = _reference(module, feeds)
+        with step("export to ONNX"):
+            _export(
+                module,
+                feeds=feeds,
+                names=input_names,
+                output=_output_name(spec),
+                path=graph,
+                opset=options.opset,
+            )
+        # Peak memory: the torch weights are not needed past the export (verify compares with
+        # the reference outputs computed above).
+        del module
+        gc.collect()
     fused = False
     if options.optimize > 0:
         with step("fuse transformer ops"):
@@ -109,7 +113,7 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
         save_optimized(graph, _stage(work, "optimized"), options.optimize)
         graph = _advance(graph, work / "optimized")
         externalize(graph, model_file, consume=True)
-    with step("verify against torch"):
+    with step("verify against torch" if expected is not None else "check the graph runs"):
         verify, inputs = _verify(
             expected, feeds, model_file, options=options, embed=spec.task is Task.EMBED
         )
@@ -139,7 +143,7 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
             inputs=inputs,
             output=_output_name(spec),
             fused=fused,
-            versions=_versions(),
+            versions=_versions(torch=expected is not None),
             verify=verify,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
@@ -276,7 +280,7 @@ def _reference(module: torch.nn.Module, feeds: dict[str, np.ndarray[Any, Any]]) 
 
 
 def _verify(
-    expected: FloatArray,
+    expected: FloatArray | None,
     feeds: dict[str, np.ndarray[Any, Any]],
     model: Path,
     *,
@@ -284,7 +288,7 @@ def _verify(
     embed: bool,
 ) -> tuple[dict[str, float], tuple[str, ...]]:
     """Run the saved graph on the sample batch; raise if it differs from the torch module's
-    `expected` outputs.
+    `expected` outputs (None: only that it runs and is finite; tests compare with torch).
 
     Returns the agreement figures and the graph's input names (the exporter drops inputs the
     model ignores, so these, not the wrapper's, are what serving must feed)."""
@@ -296,6 +300,8 @@ def _verify(
     int8 = options.quantize == "int8"
     if not np.isfinite(got).all():
         raise ModelError(f"verification failed: {model} produced non-finite values")
+    if expected is None:
+        return {}, inputs
     max_diff = float(np.abs(got - expected).max())
     norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
     cosine = float(((got * expected).sum(axis=1) / np.maximum(norms, 1e-12)).min())
@@ -327,18 +333,45 @@ def _copy_tokenizer(source: Path, out: Path) -> None:
         raise ModelError(f"{source} has no tokenizer.json (a fast tokenizer file is required)")
 
 
-def _versions() -> dict[str, str]:
-    import onnx
-    import torch
-    import transformers
+def _build_without_torch(
+    spec: ModelSpec, graph: Path, options: Options, step: StepFn
+) -> list[str] | None:
+    """Write the graph from the weights (`onnx_graph`) when it covers `spec`; its input names,
+    or None for the torch export. This is what keeps torch off a first start (issue 16)."""
+    from ember.backends.onnx_graph import build_graph, covers
 
-    return {
+    config = covers(spec)
+    if config is None:
+        return None
+    try:
+        with step("build the ONNX graph from the weights"):
+            return build_graph(spec, config, path=graph, opset=options.opset)
+    except (KeyError, ValueError, TypeError) as exc:  # a missing weight, an unreadable dtype
+        log.info("prepare: %s: %s; exporting with torch instead", spec.name, exc)
+        for file in graph.parent.iterdir():
+            file.unlink()
+        return None
+
+
+def _versions(*, torch: bool) -> dict[str, str]:
+    """What made the artifact; `graph_builder` says which of the two builders wrote the graph."""
+    import onnx
+
+    from ember.backends.onnx_graph import BUILDER
+
+    versions = {
         "ember": __version__,
         "onnxruntime": ort_version(),
         "onnx": str(onnx.__version__),
-        "torch": str(torch.__version__),
-        "transformers": str(transformers.__version__),
+        "graph_builder": "torch.onnx" if torch else BUILDER,
     }
+    if torch:
+        import torch as torch_module
+        import transformers
+
+        versions["torch"] = str(torch_module.__version__)
+        versions["transformers"] = str(transformers.__version__)
+    return versions
 
 
 def _write_manifest(out: Path, manifest: Manifest) -> None:

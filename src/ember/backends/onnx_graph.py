@@ -1,0 +1,254 @@
+"""The ONNX graph of a BERT-shaped encoder (BERT, RoBERTa, XLM-R, DistilBERT) written straight from
+its safetensors weights with onnx's helper API and numpy: no torch, no transformers.
+
+The graph has the torch export's interface (`export.py`): int64 inputs `input_ids`,
+`attention_mask` and, when the model has a token-type table of two or more rows,
+`token_type_ids`, each (batch, sequence); one float32 output, `embeddings` (batch, hidden:
+pooled, not normalised) or `logits` (batch, labels). Its nodes are the patterns ORT's "bert"
+transformer optimizer fuses, in the torch export's order: embeddings as Gather + Add + Add +
+LayerNormalization with positions from a sliced constant (→ EmbedLayerNormalization),
+attention as the classic MatMul/Add/Reshape/Transpose chain with an additive
+`(1 - mask) * min` mask (→ Attention), the erf GELU (→ Gelu, then BiasGelu) or the tanh one (→
+FastGelu), and residual Add + LayerNormalization (SkipLayerNorm stays unfused on purpose,
+`graph_passes.fuse`).
+
+The family differences are folded into the weights by `bert.named_weights` (positions start at
+the first row in use, a one-row token-type table is added to them), so positions are always
+0..sequence-1: right padding, as ember's batches are. Importing this module imports neither onnx
+nor numpy; `build_graph` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ember.backends.bert import EncoderConfig, named_weights, supported
+from ember.models import ModelSpec, Task
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger("ember.backends.artifact")
+
+BUILDER = "ember.onnx_graph"
+"""What the manifest records as the graph's builder (the torch path records `torch.onnx`)."""
+POOLINGS = ("cls", "mean", "max", "lasttoken")
+"""Pooling modes written into the graph; any other falls back to the torch export."""
+_EXTERNAL_BYTES = 1 << 30
+"""Above this much weight data the graph is saved with external data (protobuf's 2 GB limit)."""
+
+
+def covers(spec: ModelSpec) -> EncoderConfig | None:
+    """The encoder shape when `build_graph` can write `spec`'s graph, else None (torch export)."""
+    if spec.task is Task.EMBED and spec.pooling not in POOLINGS:
+        return None
+    return supported(spec)
+
+
+def build_graph(spec: ModelSpec, config: EncoderConfig, *, path: Path, opset: int) -> list[str]:
+    """Write `spec`'s graph to `path` (weights inside it, or beside it when large) and return its
+    input names. Raises KeyError naming a missing weight, ValueError for an unreadable dtype."""
+    import onnx
+    from safetensors.numpy import load_file
+
+    weights = named_weights(
+        load_file(str(spec.path / "model.safetensors")), config=config, task=spec.task
+    )
+    graph = _Graph(weights)
+    model = graph.encoder(config, spec=spec)
+    proto = onnx.helper.make_model(
+        model,
+        opset_imports=[onnx.helper.make_opsetid("", opset)],
+        producer_name=BUILDER,
+    )
+    large = sum(t.ByteSize() for t in model.initializer) > _EXTERNAL_BYTES
+    onnx.save_model(proto, str(path), save_as_external_data=large, location=f"{path.name}.data")
+    return graph.inputs
+
+
+class _Graph:
+    """Nodes and initializers of one graph, with unique names."""
+
+    def __init__(self, weights: dict[str, Any]) -> None:
+        self.weights = weights
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[str] = []
+        self._count = 0
+
+    def const(self, value: Any, *, dtype: Any = None, name: str = "") -> str:
+        """An initializer holding `value` (float32 unless `dtype`); returns its name."""
+        import numpy as np
+        from onnx import numpy_helper
+
+        # np.array copies into C order and, unlike ascontiguousarray, keeps scalars 0-d.
+        array = np.array(value, dtype=dtype or np.float32, order="C")
+        name = name or self._name("const")
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def ints(self, *values: int) -> str:
+        import numpy as np
+
+        return self.const(list(values), dtype=np.int64)
+
+    def weight(self, short: str, *, transpose: bool = False) -> str:
+        """The checkpoint tensor `short` (named_weights' name) as float32, (in, out) for MatMul."""
+        import numpy as np
+
+        array = np.asarray(self.weights[short], dtype=np.float32)
+        return self.const(array.T if transpose else array, name=short)
+
+    def op(self, op_type: str, *inputs: str, **attrs: Any) -> str:
+        import onnx
+
+        out = self._name(op_type)
+        self.nodes.append(onnx.helper.make_node(op_type, list(inputs), [out], out, **attrs))
+        return out
+
+    def _name(self, prefix: str) -> str:
+        self._count += 1
+        return f"/{prefix}_{self._count}"
+
+    def linear(self, x: str, prefix: str) -> str:
+        """MatMul then Add(bias, ·): the order the torch export writes and ORT matches."""
+        y = self.op("MatMul", x, self.weight(f"{prefix}_w", transpose=True))
+        return self.op("Add", self.weight(f"{prefix}_b"), y)
+
+    # --- the encoder ----------------------------------------------------------------------
+
+    def encoder(self, config: EncoderConfig, *, spec: ModelSpec) -> onnx.GraphProto:
+        import onnx
+
+        ids, mask = "input_ids", "attention_mask"
+        self.inputs = [ids, mask] + (["token_type_ids"] if "types" in self.weights else [])
+        x = self.embeddings(config, ids)
+        scores_mask = self.additive_mask(mask)
+        for i in range(config.layers):
+            x = self.layer(config, x, scores_mask, i)
+        embed = spec.task is Task.EMBED
+        output = "embeddings" if embed else "logits"
+        y = self.pool(x, mask, spec.pooling, config.hidden) if embed else self.head(config, x)
+        self.nodes.append(onnx.helper.make_node("Identity", [y], [output], "/output"))
+        dims = ["batch", "sequence"]
+        inputs = [
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, dims)
+            for name in self.inputs
+        ]
+        width = config.hidden if embed else len(self.weights["classifier_b"])
+        outputs = [
+            onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, ["batch", width])
+        ]
+        return onnx.helper.make_graph(
+            self.nodes, "ember_encoder", inputs, outputs, initializer=self.initializers
+        )
+
+    def embeddings(self, config: EncoderConfig, ids: str) -> str:
+        """word (+ type) + position, then LayerNorm; positions are Gather(table, Slice(arange))
+        with the end from Shape(input_ids)[1], the pattern of BERT's export."""
+        import numpy as np
+
+        x = self.op("Gather", self.weight("word"), ids)
+        if "types" in self.weights:
+            x = self.op("Add", x, self.op("Gather", self.weight("types"), "token_type_ids"))
+        rows = len(self.weights["position"])
+        positions = self.const(np.arange(rows, dtype=np.int64)[None, :], dtype=np.int64)
+        seq = self.op("Gather", self.op("Shape", ids), self.const(1, dtype=np.int64), axis=0)
+        end = self.op("Unsqueeze", seq, self.ints(0))
+        sliced = self.op("Slice", positions, self.ints(0), end, self.ints(1), self.ints(1))
+        x = self.op("Add", x, self.op("Gather", self.weight("position"), sliced))
+        return self.op(
+            "LayerNormalization",
+            x,
+            self.weight("emb_ln_w"),
+            self.weight("emb_ln_b"),
+            axis=-1,
+            epsilon=config.eps,
+        )
+
+    def additive_mask(self, mask: str) -> str:
+        """(batch, 1, 1, seq): 0 where attended, float32 min where padded (transformers 4.x)."""
+        import numpy as np
+        import onnx
+
+        m = self.op("Unsqueeze", self.op("Unsqueeze", mask, self.ints(1)), self.ints(2))
+        m = self.op("Cast", m, to=onnx.TensorProto.FLOAT)
+        return self.op(
+            "Mul", self.op("Sub", self.const(1.0), m), self.const(np.finfo(np.float32).min)
+        )
+
+    def layer(self, config: EncoderConfig, x: str, mask: str, i: int) -> str:
+        heads, size = config.heads, config.head_dim
+        split = self.ints(0, 0, heads, size)
+
+        def project(name: str, perm: list[int]) -> str:
+            y = self.linear(x, f"{i}.{name}")
+            return self.op("Transpose", self.op("Reshape", y, split), perm=perm)
+
+        q = project("q", [0, 2, 1, 3])
+        k = project("k", [0, 2, 3, 1])
+        v = project("v", [0, 2, 1, 3])
+        # Div, not Mul by 1/sqrt: ORT's mask rule finds the mask's Mul among Add's parents by
+        # type, and a scaling Mul there would be taken for it.
+        scores = self.op("Div", self.op("MatMul", q, k), self.const(size**0.5))
+        probs = self.op("Softmax", self.op("Add", scores, mask), axis=-1)
+        context = self.op("Transpose", self.op("MatMul", probs, v), perm=[0, 2, 1, 3])
+        context = self.op("Reshape", context, self.ints(0, 0, config.hidden))
+        x = self.norm(self.op("Add", self.linear(context, f"{i}.out"), x), f"{i}.ln1", config)
+        up = self.activation(self.linear(x, f"{i}.up"), config.act)
+        return self.norm(self.op("Add", self.linear(up, f"{i}.down"), x), f"{i}.ln2", config)
+
+    def norm(self, x: str, prefix: str, config: EncoderConfig) -> str:
+        w, b = self.weight(f"{prefix}_w"), self.weight(f"{prefix}_b")
+        return self.op("LayerNormalization", x, w, b, axis=-1, epsilon=config.eps)
+
+    def activation(self, x: str, name: str) -> str:
+        if name == "relu":
+            return self.op("Relu", x)
+        if name == "gelu":  # exact: x * (1 + erf(x / sqrt 2)) * 0.5
+            erf = self.op("Erf", self.op("Div", x, self.const(2.0**0.5)))
+            return self.op(
+                "Mul", self.op("Mul", x, self.op("Add", erf, self.const(1.0))), self.const(0.5)
+            )
+        # tanh approximation, in the form of ORT's FastGelu rule (fusion_fastgelu.fuse_1)
+        cube = self.op("Mul", self.op("Pow", x, self.const(3.0)), self.const(0.044715))
+        scale = self.const((2.0 / math.pi) ** 0.5)
+        inner = self.op("Mul", self.op("Add", x, cube), scale)
+        one_plus = self.op("Add", self.op("Tanh", inner), self.const(1.0))
+        return self.op("Mul", self.op("Mul", x, self.const(0.5)), one_plus)
+
+    # --- outputs --------------------------------------------------------------------------
+
+    def pool(self, x: str, mask: str, method: str, hidden: int) -> str:
+        """Sentence-transformers' pooling over the real tokens (`torch_backend.pool`)."""
+        import numpy as np
+        import onnx
+
+        if method == "cls":
+            return self.op("Gather", x, self.const(0, dtype=np.int64), axis=1)
+        if method == "lasttoken":
+            last = self.op("Sub", self.op("ReduceSum", mask, self.ints(1)), self.ints(1))
+            index = self.op("Unsqueeze", last, self.ints(2))  # (batch, 1, 1)
+            index = self.op("Expand", index, self.ints(1, 1, hidden))
+            return self.op("Squeeze", self.op("GatherElements", x, index, axis=1), self.ints(1))
+        m = self.op("Cast", self.op("Unsqueeze", mask, self.ints(-1)), to=onnx.TensorProto.FLOAT)
+        if method == "max":
+            padded = self.op("Equal", m, self.const(0.0))
+            return self.op(
+                "ReduceMax", self.op("Where", padded, self.const(-1e9), x), self.ints(1), keepdims=0
+            )
+        summed = self.op("ReduceSum", self.op("Mul", x, m), self.ints(1), keepdims=0)
+        counts = self.op("ReduceSum", m, self.ints(1), keepdims=0)
+        return self.op("Div", summed, self.op("Clip", counts, self.const(1e-9)))
+
+    def head(self, config: EncoderConfig, x: str) -> str:
+        """Sequence-classification logits from the first token: dense → tanh/relu → projection."""
+        import numpy as np
+
+        first = self.op("Gather", x, self.const(0, dtype=np.int64), axis=1)
+        pooled = self.linear(first, "pooler")
+        pooled = self.op("Tanh" if config.head_act == "tanh" else "Relu", pooled)
+        return self.linear(pooled, "classifier")
