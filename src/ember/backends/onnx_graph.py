@@ -35,7 +35,7 @@ log = logging.getLogger("ember.backends.artifact")
 
 BUILDER = "ember.onnx_graph"
 """What the manifest records as the graph's builder (the torch path records `torch.onnx`)."""
-POOLINGS = ("cls", "mean", "max", "lasttoken")
+POOLINGS = ("cls", "mean", "lasttoken")
 """Pooling modes written into the graph; any other falls back to the torch export."""
 _EXTERNAL_BYTES = 1 << 30
 """Above this much weight data the graph is saved with external data (protobuf's 2 GB limit)."""
@@ -235,11 +235,6 @@ class _Graph:
             index = self.op("Expand", index, self.ints(1, 1, hidden))
             return self.op("Squeeze", self.op("GatherElements", x, index, axis=1), self.ints(1))
         m = self.op("Cast", self.op("Unsqueeze", mask, self.ints(-1)), to=onnx.TensorProto.FLOAT)
-        if method == "max":
-            padded = self.op("Equal", m, self.const(0.0))
-            return self.op(
-                "ReduceMax", self.op("Where", padded, self.const(-1e9), x), self.ints(1), keepdims=0
-            )
         summed = self.op("ReduceSum", self.op("Mul", x, m), self.ints(1), keepdims=0)
         counts = self.op("ReduceSum", m, self.ints(1), keepdims=0)
         return self.op("Div", summed, self.op("Clip", counts, self.const(1e-9)))
