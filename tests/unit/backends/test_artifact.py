@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ember.backends import disk_space, export
+from ember.backends import disk_space, export, onnx_graph
 from ember.backends.artifact import cache_path, ensure_artifact, prepare_main
 from ember.backends.base import Batch
 from ember.backends.onnx_backend import OnnxBackend
@@ -67,10 +67,12 @@ def test_manifest_records_labels_versions_and_hash(
     assert manifest.data_size == (path / DATA_FILE).stat().st_size
     assert manifest.data_sha256 == file_sha256(path / DATA_FILE)
     assert manifest.model_size < manifest.data_size  # the weights live in the data file
-    assert {"ember", "onnxruntime", "onnx", "torch"} <= manifest.versions.keys()
+    # Built without torch (onnx_graph); its agreement with torch is test_onnx_graph's to check.
+    assert {"ember", "onnxruntime", "onnx"} <= manifest.versions.keys()
+    assert manifest.versions["graph_builder"] == onnx_graph.BUILDER
+    assert "torch" not in manifest.versions and manifest.verify == {}
     assert manifest.inputs == ("input_ids", "attention_mask", "token_type_ids")
     assert manifest.options == Options()
-    assert manifest.verify["max_abs_diff"] < 1e-3
 
 
 # --- the cache ---------------------------------------------------------------------------------
@@ -137,6 +139,7 @@ def test_a_failed_prepare_leaves_nothing_and_the_next_one_cleans_up(
 
     with monkeypatch.context() as patch:
         patch.setattr(export, "_export", half_export)
+        patch.setattr(onnx_graph, "build_graph", half_export)  # the torch-free builder too
         with pytest.raises(ModelError, match="export failed"):
             ensure_artifact(spec, settings)
     assert not dest.exists()
