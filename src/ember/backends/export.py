@@ -78,7 +78,9 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
     work.mkdir()
     graph = _stage(work, "exported")
     expected: FloatArray | None = None  # None: built without torch, verified in tests only
-    if (built := _build_without_torch(spec, graph, options, step)) is not None:
+    # Written already fused (as ORT's optimizer would leave it) unless the raw graph is asked for.
+    prefused = options.optimize > 0
+    if (built := _build_without_torch(spec, graph, options, step, fused=prefused)) is not None:
         feeds = _sample_feeds(spec, built)
     else:
         with step("load the model"):
@@ -98,8 +100,9 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
         # the reference outputs computed above).
         del module
         gc.collect()
-    fused = False
-    if options.optimize > 0:
+        prefused = False
+    fused = prefused
+    if options.optimize > 0 and not prefused:
         with step("fuse transformer ops"):
             fused = fuse(spec, graph, _stage(work, "fused"))
             if fused:
@@ -334,7 +337,7 @@ def _copy_tokenizer(source: Path, out: Path) -> None:
 
 
 def _build_without_torch(
-    spec: ModelSpec, graph: Path, options: Options, step: StepFn
+    spec: ModelSpec, graph: Path, options: Options, step: StepFn, *, fused: bool
 ) -> list[str] | None:
     """Write the graph from the weights (`onnx_graph`) when it covers `spec`; its input names,
     or None for the torch export. This is what keeps torch off a first start (issue 16)."""
@@ -345,7 +348,7 @@ def _build_without_torch(
         return None
     try:
         with step("build the ONNX graph from the weights"):
-            return build_graph(spec, config, path=graph, opset=options.opset)
+            return build_graph(spec, config, path=graph, opset=options.opset, fused=fused)
     except (KeyError, ValueError, TypeError) as exc:  # a missing weight, an unreadable dtype
         log.info("prepare: %s: %s; exporting with torch instead", spec.name, exc)
         for file in graph.parent.iterdir():

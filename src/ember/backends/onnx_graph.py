@@ -23,13 +23,10 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ember.backends.bert import EncoderConfig, named_weights, supported
 from ember.models import ModelSpec, Task
-
-if TYPE_CHECKING:
-    import onnx
 
 log = logging.getLogger("ember.backends.artifact")
 
@@ -37,6 +34,9 @@ BUILDER = "ember.onnx_graph"
 """What the manifest records as the graph's builder (the torch path records `torch.onnx`)."""
 POOLINGS = ("cls", "mean", "lasttoken")
 """Pooling modes written into the graph; any other falls back to the torch export."""
+_MS = "com.microsoft"
+"""The domain of ORT's contrib ops (the fused operators)."""
+_CONTRIB = frozenset({"EmbedLayerNormalization", "Attention", "BiasGelu", "FastGelu"})
 _EXTERNAL_BYTES = 1 << 30
 """Above this much weight data the graph is saved with external data (protobuf's 2 GB limit)."""
 
@@ -48,46 +48,61 @@ def covers(spec: ModelSpec) -> EncoderConfig | None:
     return supported(spec)
 
 
-def build_graph(spec: ModelSpec, config: EncoderConfig, *, path: Path, opset: int) -> list[str]:
+def build_graph(
+    spec: ModelSpec, config: EncoderConfig, *, path: Path, opset: int, fused: bool = False
+) -> list[str]:
     """Write `spec`'s graph to `path` (weights inside it, or beside it when large) and return its
-    input names. Raises KeyError naming a missing weight, ValueError for an unreadable dtype."""
+    input names. Raises KeyError naming a missing weight, ValueError for an unreadable dtype.
+
+    With `fused`, the graph is written as ORT's transformer optimizer leaves the unfused one
+    (EmbedLayerNormalization, Attention with packed QKV weights, BiasGelu/FastGelu; tests check
+    the two agree): a first start then skips the optimizer, its sympy import and its shape
+    inference, about 3 s of CPU on all-MiniLM-L6-v2."""
     import onnx
     from safetensors.numpy import load_file
 
     weights = named_weights(
         load_file(str(spec.path / "model.safetensors")), config=config, task=spec.task
     )
-    graph = _Graph(weights)
-    model = graph.encoder(config, spec=spec)
-    proto = onnx.helper.make_model(
-        model,
-        opset_imports=[onnx.helper.make_opsetid("", opset)],
-        producer_name=BUILDER,
-    )
-    large = sum(t.ByteSize() for t in model.initializer) > _EXTERNAL_BYTES
-    onnx.save_model(proto, str(path), save_as_external_data=large, location=f"{path.name}.data")
+    graph = _Graph(weights, fused=fused)
+    model = graph.model
+    model.ir_version = onnx.IR_VERSION
+    model.producer_name = BUILDER
+    model.opset_import.add(domain="", version=opset)
+    if fused:
+        model.opset_import.add(domain=_MS, version=1)
+    graph.encoder(config, spec=spec)
+    large = sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_BYTES
+    onnx.save_model(model, str(path), save_as_external_data=large, location=f"{path.name}.data")
     return graph.inputs
 
 
 class _Graph:
-    """Nodes and initializers of one graph, with unique names."""
+    """One model's graph, its nodes and initializers written in place (onnx.helper's
+    make_graph/make_model copy every initializer twice: about 1 s for 90 MB)."""
 
-    def __init__(self, weights: dict[str, Any]) -> None:
+    def __init__(self, weights: dict[str, Any], *, fused: bool) -> None:
+        import onnx
+
         self.weights = weights
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self.fused = fused
+        self.model = onnx.ModelProto()
         self.inputs: list[str] = []
         self._count = 0
 
     def const(self, value: Any, *, dtype: Any = None, name: str = "") -> str:
         """An initializer holding `value` (float32 unless `dtype`); returns its name."""
         import numpy as np
-        from onnx import numpy_helper
+        import onnx
 
         # np.array copies into C order and, unlike ascontiguousarray, keeps scalars 0-d.
         array = np.array(value, dtype=dtype or np.float32, order="C")
         name = name or self._name("const")
-        self.initializers.append(numpy_helper.from_array(array, name))
+        tensor = self.model.graph.initializer.add()
+        tensor.name = name
+        tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+        tensor.dims.extend(array.shape)
+        tensor.raw_data = array.tobytes()
         return name
 
     def ints(self, *values: int) -> str:
@@ -102,11 +117,15 @@ class _Graph:
         array = np.asarray(self.weights[short], dtype=np.float32)
         return self.const(array.T if transpose else array, name=short)
 
-    def op(self, op_type: str, *inputs: str, **attrs: Any) -> str:
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: Any) -> str:
+        """A node (a contrib op in ORT's domain for the fused ones); returns its first output."""
         import onnx
 
         out = self._name(op_type)
-        self.nodes.append(onnx.helper.make_node(op_type, list(inputs), [out], out, **attrs))
+        names = [out] + [f"{out}:{i}" for i in range(1, outputs)]
+        domain = _MS if op_type in _CONTRIB else ""
+        node = onnx.helper.make_node(op_type, list(inputs), names, out, domain=domain, **attrs)
+        self.model.graph.node.append(node)
         return out
 
     def _name(self, prefix: str) -> str:
@@ -120,31 +139,54 @@ class _Graph:
 
     # --- the encoder ----------------------------------------------------------------------
 
-    def encoder(self, config: EncoderConfig, *, spec: ModelSpec) -> onnx.GraphProto:
+    def encoder(self, config: EncoderConfig, *, spec: ModelSpec) -> None:
         import onnx
 
         ids, mask = "input_ids", "attention_mask"
         self.inputs = [ids, mask] + (["token_type_ids"] if "types" in self.weights else [])
-        x = self.embeddings(config, ids)
-        scores_mask = self.additive_mask(mask)
+        if self.fused:
+            x, scores_mask = self.fused_embeddings(config, ids, mask)
+        else:
+            x, scores_mask = self.embeddings(config, ids), self.additive_mask(mask)
         for i in range(config.layers):
             x = self.layer(config, x, scores_mask, i)
         embed = spec.task is Task.EMBED
         output = "embeddings" if embed else "logits"
         y = self.pool(x, mask, spec.pooling, config.hidden) if embed else self.head(config, x)
-        self.nodes.append(onnx.helper.make_node("Identity", [y], [output], "/output"))
+        graph = self.model.graph
+        graph.name = "ember_encoder"
+        graph.node.append(onnx.helper.make_node("Identity", [y], [output], "/output"))
         dims = ["batch", "sequence"]
-        inputs = [
+        graph.input.extend(
             onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, dims)
             for name in self.inputs
-        ]
-        width = config.hidden if embed else len(self.weights["classifier_b"])
-        outputs = [
-            onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, ["batch", width])
-        ]
-        return onnx.helper.make_graph(
-            self.nodes, "ember_encoder", inputs, outputs, initializer=self.initializers
         )
+        width = config.hidden if embed else len(self.weights["classifier_b"])
+        graph.output.append(
+            onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, ["batch", width])
+        )
+
+    def fused_embeddings(self, config: EncoderConfig, ids: str, mask: str) -> tuple[str, str]:
+        """EmbedLayerNormalization on int32 ids, as ORT's fusion writes it; returns the
+        embeddings and the mask index every Attention reads."""
+        import onnx
+
+        int32 = onnx.TensorProto.INT32
+        types = "types" in self.weights
+        out = self.op(
+            "EmbedLayerNormalization",
+            self.op("Cast", ids, to=int32),
+            self.op("Cast", "token_type_ids", to=int32) if types else "",
+            self.weight("word"),
+            self.weight("position"),
+            self.weight("types") if types else "",
+            self.weight("emb_ln_w"),
+            self.weight("emb_ln_b"),
+            self.op("Cast", mask, to=int32),
+            outputs=2,
+            epsilon=config.eps,
+        )
+        return out, f"{out}:1"
 
     def embeddings(self, config: EncoderConfig, ids: str) -> str:
         """word (+ type) + position, then LayerNorm; positions are Gather(table, Slice(arange))
@@ -181,6 +223,33 @@ class _Graph:
         )
 
     def layer(self, config: EncoderConfig, x: str, mask: str, i: int) -> str:
+        if self.fused:
+            context = self.fused_attention(config, x, mask, i)
+        else:
+            context = self.attention(config, x, mask, i)
+        x = self.norm(self.op("Add", self.linear(context, f"{i}.out"), x), f"{i}.ln1", config)
+        up = self.up(x, f"{i}.up", config.act)
+        return self.norm(self.op("Add", self.linear(up, f"{i}.down"), x), f"{i}.ln2", config)
+
+    def fused_attention(self, config: EncoderConfig, x: str, mask_index: str, i: int) -> str:
+        """ORT's Attention: Q, K and V weights packed (hidden, 3 * hidden), as its fusion packs."""
+        import numpy as np
+
+        w = [np.asarray(self.weights[f"{i}.{n}_w"], dtype=np.float32).T for n in "qkv"]
+        b = [np.asarray(self.weights[f"{i}.{n}_b"], dtype=np.float32) for n in "qkv"]
+        qkv_w = self.const(np.concatenate(w, axis=1), name=f"{i}.qkv_w")
+        qkv_b = self.const(np.concatenate(b), name=f"{i}.qkv_b")
+        return self.op(
+            "Attention",
+            x,
+            qkv_w,
+            qkv_b,
+            mask_index,
+            num_heads=config.heads,
+            mask_filter_value=float(np.finfo(np.float32).min),
+        )
+
+    def attention(self, config: EncoderConfig, x: str, mask: str, i: int) -> str:
         heads, size = config.heads, config.head_dim
         split = self.ints(0, 0, heads, size)
 
@@ -196,10 +265,15 @@ class _Graph:
         scores = self.op("Div", self.op("MatMul", q, k), self.const(size**0.5))
         probs = self.op("Softmax", self.op("Add", scores, mask), axis=-1)
         context = self.op("Transpose", self.op("MatMul", probs, v), perm=[0, 2, 1, 3])
-        context = self.op("Reshape", context, self.ints(0, 0, config.hidden))
-        x = self.norm(self.op("Add", self.linear(context, f"{i}.out"), x), f"{i}.ln1", config)
-        up = self.activation(self.linear(x, f"{i}.up"), config.act)
-        return self.norm(self.op("Add", self.linear(up, f"{i}.down"), x), f"{i}.ln2", config)
+        return self.op("Reshape", context, self.ints(0, 0, config.hidden))
+
+    def up(self, x: str, prefix: str, act: str) -> str:
+        """The feed-forward up projection and its activation (BiasGelu/FastGelu when fused)."""
+        if self.fused and act != "relu":
+            y = self.op("MatMul", x, self.weight(f"{prefix}_w", transpose=True))
+            fused = "BiasGelu" if act == "gelu" else "FastGelu"
+            return self.op(fused, y, self.weight(f"{prefix}_b"))
+        return self.activation(self.linear(x, prefix), act)
 
     def norm(self, x: str, prefix: str, config: EncoderConfig) -> str:
         w, b = self.weight(f"{prefix}_w"), self.weight(f"{prefix}_b")
