@@ -72,7 +72,7 @@ def build_graph(
     if fused:
         model.opset_import.add(domain=_MS, version=1)
     graph.encoder(config, spec=spec)
-    large = sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_BYTES
+    large = graph.nbytes > _EXTERNAL_BYTES
     onnx.save_model(model, str(path), save_as_external_data=large, location=f"{path.name}.data")
     return graph.inputs
 
@@ -88,6 +88,7 @@ class _Graph:
         self.fused = fused
         self.model = onnx.ModelProto()
         self.inputs: list[str] = []
+        self.nbytes = 0
         self._count = 0
 
     def const(self, value: Any, *, dtype: Any = None, name: str = "") -> str:
@@ -95,14 +96,15 @@ class _Graph:
         import numpy as np
         import onnx
 
-        # np.array copies into C order and, unlike ascontiguousarray, keeps scalars 0-d.
-        array = np.array(value, dtype=dtype or np.float32, order="C")
+        # No copy here: tobytes makes the one C-order copy (of a transposed view too).
+        array = np.asarray(value, dtype=dtype or np.float32)
         name = name or self._name("const")
         tensor = self.model.graph.initializer.add()
         tensor.name = name
         tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
         tensor.dims.extend(array.shape)
-        tensor.raw_data = array.tobytes()
+        tensor.raw_data = array.tobytes(order="C")
+        self.nbytes += array.nbytes
         return name
 
     def ints(self, *values: int) -> str:
