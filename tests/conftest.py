@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from ember.bench import tiny_models
+from ember.bench.tiny_families import build_families
 from ember.engine.registry import BackendFactory
 from ember.http.app import app_state, create_app
 from ember.settings import Settings
@@ -86,5 +87,5 @@ def tiny_embedder(tiny_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_families(tiny_dir: Path) -> dict[str, Path]:
-    """One tiny model folder per family of the matrix (`tiny_models.FAMILIES`), built once."""
-    return tiny_models.build_families(tiny_dir / "families")
+    """One tiny model folder per family of the matrix (`tiny_families.FAMILIES`), built once."""
+    return build_families(tiny_dir / "families")

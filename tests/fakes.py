@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ember.backends.base import Batch, Capabilities, FloatArray
+from ember.backends.base import TORCH_CPU_SEQ, Batch, Capabilities, FloatArray
 from ember.errors import ModelError
 from ember.models import ModelSpec, Task
 from ember.settings import Settings
@@ -20,6 +20,15 @@ POISON = 7777
 
 CPU_EXACT = Capabilities(device="cpu", lengths="exact", warm="cover", output_width=0)
 """Batches like ONNX Runtime on CPU, the default backend: every length a shape, a cover warmed."""
+CPU_COARSE = Capabilities(
+    device="cpu",
+    lengths="coarse",
+    seq_buckets=TORCH_CPU_SEQ,
+    pads_rows=True,
+    warm="all",
+    output_width=0,
+)
+"""Batches like torch on CPU: ~1.5x length steps, power-of-two rows, every shape warmed."""
 
 
 class FakeBackend:

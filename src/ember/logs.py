@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -63,3 +64,13 @@ def setup(*, level: str, json_logs: bool, secrets: list[str] | None = None) -> N
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Leave once serving has ended, without joining worker threads: every request has been
+    answered, but an inference or tokenizer thread may still be inside a long batch, and
+    interpreter teardown (which joins them) would push the exit past the shutdown budget."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -53,6 +53,49 @@ class Options:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Fusion:
+    """What the fusion pass did, recorded in the manifest and shown by `/info`."""
+
+    fused: bool
+    """The artifact's graph is the fused one."""
+    model_type: str | None = None
+    """The ORT optimiser model type used; None when the family has none."""
+    ops: dict[str, int] = field(default_factory=dict)
+    """Fused operators ORT counted (e.g. Attention: 6); only those that occurred."""
+    error: str | None = None
+    """Why fusion failed (the unfused graph is then served), or None."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fused": self.fused,
+            "model_type": self.model_type,
+            "ops": dict(self.ops),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fusion:
+        kind, error = data.get("model_type"), data.get("error")
+        return cls(
+            fused=bool(data.get("fused", False)),
+            model_type=None if kind is None else str(kind),
+            ops={str(k): int(v) for k, v in (data.get("ops") or {}).items()},
+            error=None if error is None else str(error),
+        )
+
+    def summary(self, model_type: str) -> str:
+        """One line for `ember prepare`'s output."""
+        if self.error is not None:
+            return f"warning: transformer fusions failed, serving the unfused graph: {self.error}"
+        if self.model_type is None:
+            return f"no transformer fusions: onnxruntime has none for model type {model_type!r}"
+        if not self.fused:
+            return f"transformer fusions ({self.model_type}) matched nothing in this graph"
+        ops = ", ".join(f"{op} {n}" for op, n in sorted(self.ops.items()))
+        return f"transformer fusions ({self.model_type}): {ops}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
     """The contents of `ember-manifest.json`."""
 
@@ -78,6 +121,8 @@ class Manifest:
     inputs: tuple[str, ...]
     output: str
     fused: bool
+    fusion: Fusion | None = None
+    """What the fusion pass did; None in artifacts prepared before it was recorded."""
     versions: dict[str, str] = field(default_factory=dict)
     verify: dict[str, float] = field(default_factory=dict)
     created: str = ""
@@ -111,6 +156,7 @@ class Manifest:
                 "fused": self.fused,
             },
             "options": self.options.to_dict(),
+            "optimization": None if self.fusion is None else self.fusion.to_dict(),
             "versions": self.versions,
             "verify": self.verify,
         }
@@ -197,9 +243,16 @@ def _parse_manifest(data: dict[str, Any], file: Path) -> Manifest:
         inputs=tuple(str(name) for name in inputs),
         output=graph.get("output", str),
         fused=graph.get("fused", bool),
+        fusion=_fusion(root),
         versions={str(k): str(v) for k, v in versions.data.items()},
         verify={str(k): float(v) for k, v in root.section("verify").data.items()},
     )
+
+
+def _fusion(root: _Reader) -> Fusion | None:
+    if root.data.get("optimization") is None:
+        return None
+    return Fusion.from_dict(root.section("optimization").data)
 
 
 def _quantize_option(options: _Reader) -> Quantize:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
-from typing import NoReturn
 
 from ember import logs
 from ember.settings import Settings
@@ -20,27 +17,22 @@ def serve(settings: Settings) -> int:
         from ember.workers import supervise
 
         return supervise(settings)
+    from ember import early
     from ember.engine.registry import Engines
 
     engines = Engines(settings)
+    early.describe_with(engines.snapshot)
     # Load on a thread now: creating the inference session (which releases the GIL) overlaps
     # importing FastAPI and uvicorn. The port still opens before loading finishes.
     engines.preload()
     from ember.http.app import create_app
     from ember.http.serving import run
 
-    run(create_app(settings, engines=engines), settings)
-    return exit_now(0)
-
-
-def exit_now(code: int) -> NoReturn:
-    """Leave once serving has ended, without joining worker threads: every request has been
-    answered, but an inference or tokenizer thread may still be inside a long batch, and
-    interpreter teardown (which joins them) would push the exit past the shutdown budget."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    app = create_app(settings, engines=engines)
+    # The socket `python -m ember` bound before importing anything heavy, if it did.
+    sock = early.take(host=settings.host, port=settings.port)
+    run(app, settings, sockets=[sock] if sock else None)
+    return logs.exit_now(0)
 
 
 def _serve_reload(settings: Settings) -> int:

@@ -126,6 +126,13 @@ class Settings(BaseSettings):
     """Most rows in one batch; default 32 on CPU, 256 on CUDA."""
     max_concurrent_requests: int = Field(default=512, ge=1)
     """Most inputs queued or running at once; past it requests get 429 at once."""
+    max_queued_tokens: int = Field(default=1 << 20, ge=1)
+    """Most work queued or running at once, in tokens (an input counts its characters until it
+    is tokenised, then its tokens); past it requests get 429 at once. 2^20 holds one request of
+    2048 inputs of 512 tokens (OpenAI's most); a larger one is admitted when nothing is queued."""
+    tokenizer_workers: int | None = Field(default=None, ge=1)
+    """Threads tokenising large requests off the event loop (the tokenizer releases the GIL);
+    default: the cores this process may use."""
     seq_buckets: Annotated[list[int], NoDecode] = Field(default_factory=list)
     """Padded sequence lengths a batch may have (capped at the max input length); default, from
     the backend: every length for onnx on CPU (a batch is padded to its longest input); ~1.5x

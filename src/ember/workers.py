@@ -18,7 +18,9 @@ The rules:
 - `/ready` answers 200 only while every worker is ready and has beaten within the last
   second, so a load balancer never sees "ready" while a sibling warms, is restarting or hangs.
 - A worker that exits while the server is not stopping is started again after a back-off
-  (0.5 s, doubling to 10 s; reset once it is ready); its slot reads "not ready" at once.
+  (0.5 s, doubling to 10 s; reset once it is ready); its slot reads "not ready" at once. The
+  replacement binds the shared port only once it is ready, so the kernel sends it no
+  connections while it loads (its siblings serve them).
 - A worker whose heartbeat is older than `--worker-heartbeat-timeout` (stopped, or its event
   loop blocked) is killed and replaced the same way: its socket would otherwise swallow the
   connections the kernel gives it.
@@ -44,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,7 +178,11 @@ def supervise(settings: Settings) -> int:
         # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which passes
         # it on once (a second signal would make a child skip draining).
         child = subprocess.Popen(
-            [sys.executable, "-m", "ember.workers", str(slot.index), str(n), str(state.path)],
+            [
+                *(sys.executable, "-m", "ember.workers"),
+                *(str(slot.index), str(n), str(state.path)),
+                *(["late"] if slot.restarts else []),
+            ],
             stdin=subprocess.PIPE,
             process_group=0,
         )
@@ -292,6 +298,8 @@ class ReadyGate:
         self.state = SharedState(state, workers=workers)
         self._loop_beat = 0.0
         self._beat_task: Any = None  # held: a task nobody references may be collected
+        self.on_ready: Callable[[], Awaitable[None]] | None = None
+        """Run once, on the event loop, when this worker is first ready."""
         threading.Thread(target=self._publish, name="ember-ready-gate", daemon=True).start()
 
     def _publish(self) -> None:
@@ -312,6 +320,12 @@ class ReadyGate:
 
         while True:
             self._loop_beat = time.monotonic()
+            if self.on_ready is not None and self.engines.ready:
+                on_ready, self.on_ready = self.on_ready, None
+                try:
+                    await on_ready()
+                except Exception:
+                    log.exception("worker %d: on-ready step failed", self.index)
             await asyncio.sleep(_BEAT_SECONDS)
 
     def ready_count(self) -> int:
@@ -351,8 +365,10 @@ class ReadyGate:
 
 
 def worker_main(argv: list[str]) -> int:
-    """`python -m ember.workers INDEX COUNT STATE`, settings as JSON on stdin."""
+    """`python -m ember.workers INDEX COUNT STATE [late]`, settings as JSON on stdin; `late`: a
+    replacement, which takes connections on the shared port only once ready."""
     index, workers, state = int(argv[0]), int(argv[1]), Path(argv[2])
+    late = argv[3:] == ["late"]
     settings = Settings.model_validate(json.loads(sys.stdin.buffer.read()))
     from ember import logs
 
@@ -375,13 +391,43 @@ def worker_main(argv: list[str]) -> int:
     from ember.http.serving import server
 
     app = create_app(settings, engines=engines)
-    sock = reuseport_socket(settings.host, settings.port)
-    sock.listen(_BACKLOG)
     gate = ReadyGate(app, engines=engines, index=index, workers=workers, state=state)
-    server(app, settings, outer=gate).run(sockets=[sock])
-    from ember.server import exit_now
+    served = server(app, settings, outer=gate)
+    if late:
+        # A replacement joins the port only once warm: the kernel would otherwise give it its
+        # share of new connections while it loads (503s), though its siblings are ready. Until
+        # then uvicorn serves a private socket nobody uses.
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        gate.on_ready = lambda: _join_port(served, settings)
+    else:
+        sock = reuseport_socket(settings.host, settings.port)
+        sock.listen(_BACKLOG)
+    served.run(sockets=[sock])
 
-    return exit_now(0)
+    return logs.exit_now(0)
+
+
+async def _join_port(served: Any, settings: Settings) -> None:
+    """Start accepting on the shared port with uvicorn's own protocol and state (`served` is
+    the running uvicorn server; its shutdown closes this listener with the others)."""
+    import asyncio
+
+    if served.should_exit:
+        return
+    config = served.config
+    sock = reuseport_socket(settings.host, settings.port)
+
+    def protocol() -> asyncio.Protocol:
+        made: asyncio.Protocol = config.http_protocol_class(
+            config=config, server_state=served.server_state, app_state=served.lifespan.state
+        )
+        return made
+
+    listener = await asyncio.get_running_loop().create_server(protocol, sock=sock, backlog=_BACKLOG)
+    served.servers.append(listener)
+    log.info("worker: ready; now taking connections on port %d", settings.port)
 
 
 if __name__ == "__main__":

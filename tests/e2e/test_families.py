@@ -2,9 +2,9 @@
 backend with default settings, each row compared with sentence-transformers / transformers.
 
 All rows that work share ONE server per backend (`--model NAME=PATH` repeated), so the matrix
-costs one start per backend rather than one per model. Rows known to fail today share another
-server per backend, under `xfail(strict=True)`: a failing model would keep the shared server from
-ever being ready, and strict xfail turns the fix into a failure here until the mark is removed.
+costs one start per backend rather than one per model. A row known to fail today gets a server
+of its own, under `xfail(strict=True)`: a failing model would keep the shared server from ever
+being ready, and strict xfail turns the fix into a failure here until the mark is removed.
 """
 
 from __future__ import annotations
@@ -20,15 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ember.bench.tiny_models import (
-    CLASSIFY_LABELS,
-    FAMILIES,
-    FAMILY_MAX_LENGTH,
-    Family,
-    reference_embeddings,
-    reference_logits,
-    reference_sparse,
-)
+from ember.bench.tiny_families import FAMILIES, FAMILY_MAX_LENGTH, Family, reference_sparse
+from ember.bench.tiny_models import CLASSIFY_LABELS, reference_embeddings, reference_logits
 from tests.e2e.conftest import Server, get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -37,26 +30,19 @@ BACKENDS: dict[str, tuple[str, ...]] = {"onnx": (), "torch": ("--backend", "torc
 """Server arguments per CPU backend: onnx is the default, so it gets none."""
 
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("onnx", "rerank-bert"): "issue 13: a pair is >= 3 tokens but the exact-length cover plan "
-    "warms (1, 2); the server never becomes ready (engine fix pending)",
-    ("onnx", "rerank-xlm-roberta"): "issue 13: a pair is >= 4 tokens but the exact-length cover "
-    "plan warms (1, 2); the server never becomes ready (engine fix pending)",
-    ("torch", "rerank-bert"): "issue 13: the pair warm-up misses the (rows, 24) shapes on "
-    "torch's coarse buckets; the server never becomes ready (engine fix pending)",
-    ("torch", "rerank-xlm-roberta"): "issue 13: the pair warm-up misses the (rows, 24) shapes "
-    "on torch's coarse buckets; the server never becomes ready (engine fix pending)",
     **{
         (backend, "bert-dense"): "issue 13: Dense modules after pooling are refused "
         "(models.py), on every backend"
-        for backend in ("onnx", "torch")
+        for backend in BACKENDS
     },
     **{
-        (backend, "splade"): "issue 13: SPLADE folders are refused (models.py) and there is "
-        "no /embed_sparse route yet"
-        for backend in ("onnx", "torch")
+        (backend, "splade"): "issue 13: SPLADE folders are refused (models.py); no backend "
+        "computes the masked-LM head and SPLADE pooling yet"
+        for backend in BACKENDS
     },
 }
-"""(backend, family) rows that fail today, with why: served together, apart from the matrix."""
+"""(backend, family) rows that fail today, with why: each served alone, so that one row's fix
+is not hidden by another's failure."""
 
 LONG_TEXT = " ".join(["the quick brown fox jumps over the lazy dog"] * 12)
 """About 110 tokens in every family's tokenizer: far over FAMILY_MAX_LENGTH, so truncated."""
@@ -91,48 +77,50 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class Matrix:
-    """Servers for the matrix, started on first use: per backend, one shared by the rows that
-    work and one shared by the known failures. Starting one stops the others (2 cores)."""
+    """Servers for the matrix: one per backend shared by the rows that work, started on first
+    use (starting one stops the other: 2 cores), and one per known failure."""
 
     def __init__(self, *, models: dict[str, Path], cache: Path, logs: Path) -> None:
         self.models = models
         self.cache = cache
         self.logs = logs
-        self.servers: dict[str, Server] = {}
-        self.failures: dict[str, AssertionError] = {}
+        self.shared: dict[str, Server] = {}
         self.ready_seconds: dict[str, float] = {}
 
-    def server(self, backend: str, *, known_failures: bool = False) -> Server:
-        """The backend's server for the rows that work (or for the known failures); raises
-        the same error for every row if it never became ready."""
-        key = f"{backend}-known-failures" if known_failures else backend
-        if key in self.failures:
-            raise self.failures[key]
-        if key not in self.servers:
+    def _start(self, key: str, backend: str, names: list[str]) -> Server:
+        args = [a for n in names for a in ("--model", f"{n}={self.models[n]}")]
+        srv = Server(
+            *BACKENDS[backend],
+            *args,
+            env={"EMBER_CACHE_DIR": str(self.cache)},
+            log=self.logs / f"{key}.log",
+        )
+        try:
+            srv.wait_ready(timeout=600)
+        except BaseException:
+            srv.stop()
+            raise
+        self.ready_seconds[key] = time.monotonic() - srv.started
+        print(f"\nmatrix {key}: {len(names)} models ready in {self.ready_seconds[key]:.1f} s")
+        return srv
+
+    def server(self, backend: str) -> Server:
+        """The backend's server of every row not known to fail."""
+        if backend not in self.shared:
             self.close()
-            names = [n for n in FAMILIES if ((backend, n) in KNOWN_FAILURES) == known_failures]
-            args = [a for n in names for a in ("--model", f"{n}={self.models[n]}")]
-            srv = Server(
-                *BACKENDS[backend],
-                *args,
-                env={"EMBER_CACHE_DIR": str(self.cache)},
-                log=self.logs / f"{key}.log",
-            )
-            try:
-                srv.wait_ready(timeout=600)
-            except AssertionError as exc:
-                srv.stop()
-                self.failures[key] = exc
-                raise
-            self.ready_seconds[key] = time.monotonic() - srv.started
-            print(f"\nmatrix {key}: {len(names)} models ready in {self.ready_seconds[key]:.1f} s")
-            self.servers[key] = srv
-        return self.servers[key]
+            names = [n for n in FAMILIES if (backend, n) not in KNOWN_FAILURES]
+            self.shared[backend] = self._start(backend, backend, names)
+        return self.shared[backend]
+
+    def alone(self, backend: str, name: str) -> Server:
+        """A server of `name` only; the caller stops it."""
+        self.close()
+        return self._start(f"{backend}-{name}", backend, [name])
 
     def close(self) -> None:
-        for srv in self.servers.values():
+        for srv in self.shared.values():
             srv.stop()
-        self.servers.clear()
+        self.shared.clear()
 
 
 @pytest.fixture(scope="module")
@@ -150,14 +138,16 @@ def matrix(
         m.close()
 
 
-def check_row(server: Server, family: Family, path: Path) -> None:
-    """One row: the served outputs of `family` equal the reference's on the same weights."""
+def check_row(server: Server, family: Family, path: Path) -> str:
+    """One row: the served outputs of `family` equal the reference's on the same weights;
+    returns the figure compared (worst cosine or largest difference)."""
     name = family.name
     if family.task == "embed":
         vectors = np.array(post(server.url + "/embed", {"inputs": TEXTS, "model": name}))
         expected = reference_embeddings(path, TEXTS, max_length=FAMILY_MAX_LENGTH)
         cos = cosines(vectors, expected)
         assert cos.min() >= COS_MIN, (name, cos)
+        worst = float(cos.min())
         for prompt in family.prompts:
             body = {"inputs": TEXTS, "model": name, "prompt_name": prompt}
             vectors = np.array(post(server.url + "/embed", body))
@@ -166,7 +156,8 @@ def check_row(server: Server, family: Family, path: Path) -> None:
             )
             cos = cosines(vectors, expected)
             assert cos.min() >= COS_MIN, (name, prompt, cos)
-        return
+            worst = min(worst, float(cos.min()))
+        return f"cos min {worst:.6f}"
     if family.task == "sparse":
         # TEI's /embed_sparse: per text, the non-zero (index, value) pairs over the vocabulary.
         rows = post(server.url + "/embed_sparse", {"inputs": TEXTS, "model": name})
@@ -176,7 +167,7 @@ def check_row(server: Server, family: Family, path: Path) -> None:
             for item in row:
                 got[i, item["index"]] = item["value"]
         assert np.abs(got - expected).max() <= SCORE_TOL, name
-        return
+        return f"max abs diff {np.abs(got - expected).max():.2e}"
     if family.task == "rerank":
         body = {"query": QUERY, "texts": TEXTS, "raw_scores": True, "model": name}
         ranked = post(server.url + "/rerank", body)
@@ -185,7 +176,7 @@ def check_row(server: Server, family: Family, path: Path) -> None:
             got[item["index"]] = item["score"]
         logits = reference_logits(path, [QUERY] * len(TEXTS), TEXTS, max_length=FAMILY_MAX_LENGTH)
         assert np.abs(got - logits[:, 0]).max() <= SCORE_TOL, (name, got, logits[:, 0])
-        return
+        return f"max abs diff {np.abs(got - logits[:, 0]).max():.2e}"
     predictions = post(
         server.url + "/predict", {"inputs": TEXTS, "raw_scores": True, "model": name}
     )
@@ -197,6 +188,7 @@ def check_row(server: Server, family: Family, path: Path) -> None:
     )
     logits = reference_logits(path, TEXTS, max_length=FAMILY_MAX_LENGTH)
     assert np.abs(got - logits).max() <= SCORE_TOL, (name, got, logits)
+    return f"max abs diff {np.abs(got - logits).max():.2e}"
 
 
 def test_long_text_is_over_every_max_length(tiny_families: dict[str, Path]) -> None:
@@ -228,8 +220,16 @@ ROWS = [
 def test_family_matches_reference(
     matrix: Matrix, tiny_families: dict[str, Path], backend: str, name: str
 ) -> None:
-    server = matrix.server(backend, known_failures=(backend, name) in KNOWN_FAILURES)
-    check_row(server, FAMILIES[name], tiny_families[name])
+    if (backend, name) in KNOWN_FAILURES:
+        server = matrix.alone(backend, name)
+        try:
+            check_row(server, FAMILIES[name], tiny_families[name])
+        finally:
+            server.stop()
+        return
+    server = matrix.server(backend)
+    figure = check_row(server, FAMILIES[name], tiny_families[name])
+    print(f"matrix row {backend} {name}: {figure}")
     if backend == "torch":
         (info,) = (m for m in get(server.url + "/info")[1]["models"] if m["model_id"] == name)
         # transformers refuses SDPA for MPNet and DeBERTa-v2; everything else gets it.

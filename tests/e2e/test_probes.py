@@ -288,3 +288,42 @@ def test_with_the_manifests_exit_on_failure_a_failed_load_exits_for_a_restart(
         assert not any(a.ok for a in kubelet.of("readiness"))
     finally:
         server.stop()
+
+
+def test_probes_answer_from_the_first_moment_and_through_the_hand_over(
+    ember_cache: Path, tmp_path: Path
+) -> None:
+    """`/health` answers before the web stack has even imported (uvicorn has logged nothing),
+    `/ready` says the stage, and from the first answer to ready no probe is ever refused,
+    across the hand-over of the listening socket to uvicorn."""
+    server = Server(env={"EMBER_CACHE_DIR": str(ember_cache)}, log=tmp_path / "log")
+    answers: list[tuple[int, str]] = []
+    try:
+        while not answers or answers[-1][0] != 200:
+            if time.monotonic() - server.started > 30 or server.proc.poll() is not None:
+                pytest.fail(f"/health never answered: {server.logs()}")
+            try:
+                with urllib.request.urlopen(server.url + "/health", timeout=1) as response:
+                    answers.append((response.status, server.logs()))
+            except OSError:
+                time.sleep(0.005)
+        first_log = answers[-1][1]
+        assert "uvicorn" not in first_log and "Application startup" not in first_log, first_log
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(server.url + "/ready", timeout=1)
+        assert not_ready.value.code == 503
+        assert json.loads(not_ready.value.read())["status"] in LOADING
+        statuses = []
+        while True:
+            try:
+                with urllib.request.urlopen(server.url + "/ready", timeout=2) as response:
+                    statuses.append(response.status)
+                    break
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+            except OSError as exc:
+                pytest.fail(f"refused or reset after the first answer: {exc!r} {server.logs()}")
+            assert time.monotonic() - server.started < 60, server.logs()
+        assert set(statuses) <= {200, 503}
+    finally:
+        server.stop()

@@ -139,7 +139,8 @@ def _drain_under_load(srv: Server) -> None:
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.05)
+    # Let all eight reach the server: one that arrives after SIGTERM rightly gets a 503.
+    time.sleep(0.5)
     srv.proc.send_signal(signal.SIGTERM)
     status, body = get(srv.url + "/ready")
     assert (status, body["status"]) == (503, "draining")

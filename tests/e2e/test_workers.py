@@ -89,15 +89,24 @@ def test_a_killed_or_hung_worker_is_replaced_and_ready_says_so(
         victim.send_signal(fault)
         # Not ready from (almost) the moment it died or stopped beating; never from stale state.
         _wait(lambda: _ready(srv) == 503, timeout=2.5, what="/ready 503", srv=srv)
-        if fault == signal.SIGKILL:  # the survivor serves while the replacement warms
-            assert _embed(srv) == 200
         _wait(
             lambda: victim.pid not in {w.pid for w in _workers(srv)},
             timeout=3,
             what="replaced",
             srv=srv,
         )
-        _wait(lambda: _ready(srv) == 200, timeout=25, what="ready again", srv=srv)
+        answers: list[int] = []
+
+        def ready_again() -> bool:
+            # The survivor serves everything while the replacement warms: a replacement joins
+            # the port only once ready (a stopped worker's queued connections are lost before).
+            if fault == signal.SIGKILL:
+                answers.append(_embed(srv))
+            return _ready(srv) == 200
+
+        _wait(ready_again, timeout=25, what="ready again", srv=srv)
+        if fault == signal.SIGKILL:
+            assert answers and set(answers) <= {200}, answers
         assert len(_workers(srv)) == 2
         # Every fresh connection lands on a live worker again.
         assert all(_embed(srv) == 200 for _ in range(10))

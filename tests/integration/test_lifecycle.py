@@ -8,7 +8,7 @@ import pytest
 
 from ember.http.app import app_state
 from tests.conftest import running_app, wait_stage
-from tests.fakes import FakeFactory
+from tests.fakes import CPU_COARSE, FakeFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +43,8 @@ async def test_alive_but_not_ready_while_loading() -> None:
 
 
 async def test_warmup_ran_every_bucket_shape_before_ready() -> None:
-    factory = FakeFactory()
+    # A coarse-bucket backend: with every length a bucket, `full` is thousands of shapes.
+    factory = FakeFactory(capabilities=CPU_COARSE)
     async with running_app(factory, warmup_plan="full") as (app, _client):
         model = app_state(app).engines.models[0]
         ran = set(factory.backends[0].batches)

@@ -80,7 +80,11 @@ async def test_sagemaker_ping_and_invocations_dispatch_on_the_task(tiny_reranker
 
 async def test_cohere_v2_rerank_and_embed(three: list[str]) -> None:
     async with running_app(FakeFactory(), model=three) as (_app, client):
-        tei = (await client.post("/rerank", json={"query": "q", "texts": ["a", "b", "c"]})).json()
+        tei = (
+            await client.post(
+                "/rerank", json={"query": "q", "texts": ["a", "b", "c"], "return_text": True}
+            )
+        ).json()
         v2 = await client.post(
             "/v2/rerank",
             json={"model": "rr", "query": "q", "documents": ["a", "b", "c"], "top_n": 2},
@@ -89,6 +93,11 @@ async def test_cohere_v2_rerank_and_embed(three: list[str]) -> None:
         body = v2.json()
         assert [r["index"] for r in body["results"]] == [t["index"] for t in tei[:2]]
         assert body["meta"]["billed_units"]["search_units"] == 1 and body["id"]
+        as_objects = {"query": "q", "documents": [{"text": t} for t in ("a", "b", "c")]}
+        for path in ("/v1/rerank", "/v2/rerank"):
+            objects = await client.post(path, json=as_objects | {"return_documents": True})
+            assert objects.status_code == 200, (path, objects.text)
+            assert objects.json()["results"][0]["document"] == {"text": tei[0]["text"]}
 
         texts = ["one", "two words", "three more words"]
         types = ["float", "int8", "uint8", "binary", "ubinary", "base64"]

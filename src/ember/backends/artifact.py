@@ -266,7 +266,7 @@ def prepare_main(
             print(f"ember: {spec.name} is already prepared", file=sys.stderr)
         else:
             with _steps() as step:
-                prepare(
+                manifest = prepare(
                     spec,
                     options,
                     dest=dest,
@@ -274,6 +274,9 @@ def prepare_main(
                     force=force,
                     lock_timeout=settings.prepare_lock_timeout,
                 )
+            if manifest.fusion is not None and options.optimize > 0:
+                # Said, never swallowed: a failed fusion leaves a slower graph that still serves.
+                print(f"ember: {manifest.fusion.summary(manifest.model_type)}", file=sys.stderr)
     except EmberError as exc:
         print(f"ember: error: {exc.message}", file=sys.stderr)
         return 1

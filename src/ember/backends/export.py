@@ -7,7 +7,6 @@ torch, transformers and onnx are imported inside these functions, never at modul
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -21,12 +20,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ember import __version__
-from ember.backends.graph_passes import externalize, fuse, quantize, quiet, save_optimized
+from ember.backends.graph_passes import (
+    externalize,
+    fuse,
+    quantize,
+    quiet,
+    release_memory,
+    save_optimized,
+)
 from ember.errors import ModelError
 from ember.manifest import (
     DATA_FILE,
     MANIFEST_NAME,
     MODEL_FILE,
+    Fusion,
     Manifest,
     Options,
     file_sha256,
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
     import torch
 
     from ember.backends.base import FloatArray
+    from ember.backends.onnx_graph import BuiltGraph
 
 log = logging.getLogger("ember.backends.artifact")
 
@@ -81,7 +89,8 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
     # Written already fused (as ORT's optimizer would leave it) unless the raw graph is asked for.
     prefused = options.optimize > 0
     if (built := _build_without_torch(spec, graph, options, step, fused=prefused)) is not None:
-        feeds = _sample_feeds(spec, built)
+        feeds = _sample_feeds(spec, built.inputs)
+        fusion = Fusion(fused=prefused, ops=built.fused_ops)
     else:
         with step("load the model"):
             module, input_names = _load_wrapper(spec)
@@ -99,23 +108,26 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
         # Peak memory: the torch weights are not needed past the export (verify compares with
         # the reference outputs computed above).
         del module
-        gc.collect()
-        prefused = False
-    fused = prefused
-    if options.optimize > 0 and not prefused:
+        release_memory()
+        fusion = Fusion(fused=False)
+    if options.optimize > 0 and not fusion.fused:
         with step("fuse transformer ops"):
-            fused = fuse(spec, graph, _stage(work, "fused"))
-            if fused:
+            fusion = fuse(spec, graph, _stage(work, "fused"))
+            if fusion.fused:
                 graph = _advance(graph, work / "fused")
+        release_memory()
     if options.quantize == "int8":
         with step("quantise to int8"):
             quantize(graph, _stage(work, "int8"))
             graph = _advance(graph, work / "int8")
+        release_memory()
     model_file = out / MODEL_FILE
     with step(f"optimise (ORT level {options.optimize})"):
         save_optimized(graph, _stage(work, "optimized"), options.optimize)
         graph = _advance(graph, work / "optimized")
+        release_memory()
         externalize(graph, model_file, consume=True)
+        release_memory()
     with step("verify against torch" if expected is not None else "check the graph runs"):
         verify, inputs = _verify(
             expected, feeds, model_file, options=options, embed=spec.task is Task.EMBED
@@ -145,7 +157,8 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
             data_size=(out / DATA_FILE).stat().st_size,
             inputs=inputs,
             output=_output_name(spec),
-            fused=fused,
+            fused=fusion.fused,
+            fusion=fusion,
             versions=_versions(torch=expected is not None),
             verify=verify,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -338,8 +351,8 @@ def _copy_tokenizer(source: Path, out: Path) -> None:
 
 def _build_without_torch(
     spec: ModelSpec, graph: Path, options: Options, step: StepFn, *, fused: bool
-) -> list[str] | None:
-    """Write the graph from the weights (`onnx_graph`) when it covers `spec`; its input names,
+) -> BuiltGraph | None:
+    """Write the graph from the weights (`onnx_graph`) when it covers `spec`; what was built,
     or None for the torch export. This is what keeps torch off a first start (issue 16)."""
     from ember.backends.onnx_graph import build_graph, covers
 

@@ -6,6 +6,8 @@ onnx and onnxruntime's Python tools are imported inside these functions, never a
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import shutil
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ember.errors import ModelError
-from ember.manifest import DATA_FILE
+from ember.manifest import DATA_FILE, Fusion
 from ember.models import ModelSpec
 
 log = logging.getLogger("ember.backends.artifact")
@@ -24,10 +26,37 @@ DATA_ALIGNMENT = 4096
 """Each external tensor starts at a page boundary, so a mapped tensor shares no page."""
 DATA_MIN_BYTES = 1024
 """Initializers smaller than this stay inside the graph file (shapes, scalars)."""
-# Model types whose encoder ORT's "bert" fusions recognise (attention, embed+layernorm, gelu).
-_BERT_LIKE = frozenset(
-    {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet", "ernie"}
-)
+ORT_MODEL_TYPES = {
+    # ORT's "bert" fusions (Attention, EmbedLayerNorm, BiasGelu) recognise these encoders.
+    **dict.fromkeys(
+        ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet", "ernie"),
+        "bert",
+    ),
+    # No ORT model type of their own; the "bert" optimiser's generic fusions still apply (on
+    # tiny models: Gelu x2 for ModernBERT, BiasGelu x2 for DeBERTa-v2; attention does not match),
+    # and verification against torch guards the result.
+    "modernbert": "bert",
+    "deberta-v2": "bert",
+    # ORT 1.32 has a "qwen3" optimiser (GPT-2 style); on ember's TorchScript export it matched
+    # nothing on a tiny Qwen3 (nor did "bert" or "gpt2", nor any of them on Qwen2, which has no
+    # type): recorded as not fused, so that a newer ORT that matches shows up in the manifest.
+    "qwen3": "qwen3",
+}
+"""transformers model type → the ORT optimiser model type whose fusions apply to it."""
+_CONTRIB = "com.microsoft"
+"""The domain of ORT's fused operators (Attention, BiasGelu, SimplifiedLayerNormalization...)."""
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the system between passes (glibc keeps it otherwise: after the
+    export of a 0.56 GB model RSS stayed 2.3 GB above what was live), so that each pass's peak
+    starts from what is live, not from the previous pass's peak."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to trim
+        return
+    libc.malloc_trim(0)
 
 
 @contextmanager
@@ -41,41 +70,66 @@ def quiet() -> Iterator[None]:
         log.debug("prepare: %s: %s", item.category.__name__, item.message)
 
 
-def fuse(spec: ModelSpec, source: Path, dest: Path) -> bool:
-    """ORT's transformer fusions (Attention, EmbedLayerNorm, BiasGelu) for BERT-like encoders;
-    False (keep the plain graph) for other architectures or on failure.
+def fuse(spec: ModelSpec, source: Path, dest: Path) -> Fusion:
+    """ORT's transformer fusions for the families ORT has an optimiser for, written to `dest`
+    when any applied. Never raises: a failure is recorded in the returned `Fusion` (and logged)
+    and the plain graph is kept.
 
     Not SkipLayerNorm: ORT 1.32's CPU SkipLayerNormalization kernel takes 1.45 ms on 32x48x384
     where Add + Add + LayerNormalization take 0.5 ms, which made it 28 % of the int8 graph's
     time (onnx_notes.md). ORT's own SkipLayerNormFusion is disabled too (`create_session`).
     """
-    if spec.model_type not in _BERT_LIKE:
+    ort_type = ORT_MODEL_TYPES.get(spec.model_type)
+    if ort_type is None:
         log.info("prepare: no transformer fusions for model type %r", spec.model_type)
-        return False
+        return Fusion(fused=False)
+    try:
+        ops = _run_fusions(spec, ort_type, source, dest)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}".strip()[:500]
+        log.warning("prepare: transformer fusions failed (%s); keeping the plain graph", error)
+        dest.unlink(missing_ok=True)
+        return Fusion(fused=False, model_type=ort_type, error=error)
+    if not ops:
+        dest.unlink(missing_ok=True)
+    return Fusion(fused=bool(ops), model_type=ort_type, ops=ops)
+
+
+def _run_fusions(spec: ModelSpec, ort_type: str, source: Path, dest: Path) -> dict[str, int]:
+    """Run ORT's optimiser for `ort_type` at level 0 (fusions only); save to `dest` if it
+    created any fused operator, and return how many of each it created (operators the export
+    already had, such as opset 17's LayerNormalization, are not counted)."""
+    from collections import Counter
+
+    import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    # Loaded once, here, and handed to the optimiser (which would load it again from a path).
+    proto = onnx.load(str(source))
+    before = Counter(n.op_type for n in proto.graph.node if n.domain == _CONTRIB)
     config = json.loads((spec.path / "config.json").read_text(encoding="utf-8"))
     heads = int(config.get("num_attention_heads", config.get("n_heads", 0)) or 0)
     hidden = int(config.get("hidden_size", config.get("dim", 0)) or 0)
-    fusions = FusionOptions("bert")
+    fusions = FusionOptions(ort_type)
     fusions.enable_skip_layer_norm = False
     fusions.enable_bias_skip_layer_norm = False
-    try:
-        with quiet(), ort_logs_quiet():
-            model = optimize_model(
-                str(source),
-                model_type="bert",
-                num_heads=heads,
-                hidden_size=hidden,
-                opt_level=0,
-                optimization_options=fusions,
-            )
-            model.save_model_to_file(str(dest))
-    except Exception as exc:
-        log.warning("prepare: transformer fusions failed (%s); keeping the plain graph", exc)
-        return False
-    return True
+    with quiet(), ort_logs_quiet():
+        model = optimize_model(
+            proto,
+            model_type=ort_type,
+            num_heads=heads,
+            hidden_size=hidden,
+            opt_level=0,
+            optimization_options=fusions,
+        )
+        after = Counter(n.op_type for n in model.model.graph.node if n.domain == _CONTRIB)
+        ops = {op: n - before[op] for op, n in after.items() if n > before[op]}
+        if ops:
+            # External data always: one path for every size (over 2 GB a graph cannot be one
+            # protobuf: "Failed to serialize proto").
+            model.save_model_to_file(str(dest), use_external_data_format=True)
+    return ops
 
 
 class _DropRecords(logging.Filter):
@@ -124,6 +178,7 @@ def quantize(source: Path, dest: Path) -> None:
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 op_types_to_quantize=["MatMul", "Attention"],
+                use_external_data_format=True,  # as the other passes: any size
                 # ORT's shape inference cannot type the outputs of fused contrib ops; they are
                 # all float here. (Its "pre-processing" fixes that too, at 5 s more.)
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},

@@ -116,6 +116,11 @@ class OnnxBackend:
             "quantize": options.quantize,
             "artifact": str(self.artifact),
             "onnxruntime": ort.__version__,
+            "optimization": (
+                self.manifest.fusion.to_dict()
+                if self.manifest.fusion is not None
+                else {"fused": self.manifest.fused}
+            ),
             "session": {
                 "prepared_optimization_level": options.optimize,
                 "graph_optimization_level": self.level,

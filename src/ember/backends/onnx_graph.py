@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +50,22 @@ def covers(spec: ModelSpec) -> EncoderConfig | None:
     return supported(spec)
 
 
+@dataclass(frozen=True, kw_only=True)
+class BuiltGraph:
+    """What `build_graph` wrote."""
+
+    inputs: list[str]
+    """The graph's input names, in order."""
+    fused_ops: dict[str, int]
+    """ORT contrib operators written (e.g. Attention: 6), as the manifest's fusion record
+    counts them; empty for the unfused form."""
+
+
 def build_graph(
     spec: ModelSpec, config: EncoderConfig, *, path: Path, opset: int, fused: bool = False
-) -> list[str]:
-    """Write `spec`'s graph to `path` (weights inside it, or beside it when large) and return its
-    input names. Raises KeyError naming a missing weight, ValueError for an unreadable dtype.
+) -> BuiltGraph:
+    """Write `spec`'s graph to `path` (weights inside it, or beside it when large). Raises
+    KeyError naming a missing weight, ValueError for an unreadable dtype.
 
     With `fused`, the graph is written as ORT's transformer optimizer leaves the unfused one
     (EmbedLayerNormalization, Attention with packed QKV weights, BiasGelu/FastGelu; tests check
@@ -74,7 +87,8 @@ def build_graph(
     graph.encoder(config, spec=spec)
     large = graph.nbytes > _EXTERNAL_BYTES
     onnx.save_model(model, str(path), save_as_external_data=large, location=f"{path.name}.data")
-    return graph.inputs
+    ops = Counter(node.op_type for node in model.graph.node if node.domain == _MS)
+    return BuiltGraph(inputs=graph.inputs, fused_ops=dict(ops))
 
 
 class _Graph:

@@ -59,10 +59,17 @@ def session_options(*, threads: int, level: int) -> ort.SessionOptions:
 def create_session(
     model: Path, *, threads: int, level: int, save_to: Path | None = None
 ) -> ort.InferenceSession:
-    """A CPU session on `model`; with `save_to`, ORT also writes the optimised graph there."""
+    """A CPU session on `model`; with `save_to`, ORT also writes the optimised graph there, its
+    weights in `<name>.data` beside it (a graph over 2 GB cannot be one protobuf)."""
     options = session_options(threads=threads, level=level)
     if save_to is not None:
         options.optimized_model_filepath = str(save_to)
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", f"{save_to.name}.data"
+        )
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
     return ort.InferenceSession(
         str(model),
         options,

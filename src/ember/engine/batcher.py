@@ -1,8 +1,9 @@
-"""Dynamic batching: a bounded queue of tokenised inputs, padded to buckets, one worker thread.
+"""Dynamic batching: a queue of tokenised inputs, padded to buckets, one worker thread.
 
 Every round takes what is queued, groups it with `plan_batches` and runs the batches one after
 another on the single inference thread; inputs arriving meanwhile wait for the next round.
 Inputs of one request may land in several batches; the request resolves when all have run.
+What may enter the queue is decided before, by `engine/admission.py`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ember import metrics
 from ember.backends.base import Batch, FloatArray
 from ember.engine.buckets import Buckets, plan_batches
 from ember.engine.tokenizer import Encoded
-from ember.errors import BackendFailure, EmberError, Overloaded
+from ember.errors import BackendFailure, EmberError
 
 log = logging.getLogger("ember.engine")
 
@@ -56,28 +57,20 @@ class Batcher:
         buckets: Buckets,
         run: Callable[[Batch], FloatArray],
         pad_id: int,
-        max_queued_inputs: int,
         model_name: str,
     ) -> None:
         self.buckets = buckets
         self._run = run
         self._pad_id = pad_id
-        self.max_queued_inputs = max_queued_inputs
         self._name = model_name
         self._queue: deque[tuple[_Request, int]] = deque()
         self._wakeup = asyncio.Event()
-        self._admitted = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{model_name}")
         self._task: asyncio.Task[None] | None = None
         self.shapes_run: set[tuple[int, int]] = set()
         self.record_shapes = True
-        self._queue_gauge = metrics.QUEUE_INPUTS.labels(model=model_name)
         self._rows_hist = metrics.BATCH_ROWS.labels(model=model_name)
         self._tokens_hist = metrics.BATCH_TOKENS.labels(model=model_name)
-
-    @property
-    def queued_inputs(self) -> int:
-        return self._admitted
 
     def start(self) -> None:
         if self._task is None:
@@ -91,23 +84,8 @@ class Batcher:
             self._task = None
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def admit(self, count: int) -> None:
-        """Reserve room for `count` inputs, or raise Overloaded at once (429)."""
-        if self._admitted + count > self.max_queued_inputs:
-            raise Overloaded(
-                f"the server is at its limit of {self.max_queued_inputs} queued inputs; "
-                "retry shortly",
-                retry_after=1,
-            )
-        self._admitted += count
-        self._queue_gauge.set(self._admitted)
-
-    def release(self, count: int) -> None:
-        self._admitted -= count
-        self._queue_gauge.set(self._admitted)
-
     async def submit(self, encoded: list[Encoded]) -> tuple[FloatArray, Timing]:
-        """Queue already-admitted inputs; resolves with one row per input, in order."""
+        """Queue admitted inputs; resolves with one row per input, in order."""
         if self._task is None:
             self.start()
         loop = asyncio.get_running_loop()

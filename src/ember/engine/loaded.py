@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ember.backends.base import Backend
+from ember.engine.admission import Admission
 from ember.engine.batcher import Batcher
 from ember.engine.buckets import Buckets
 from ember.engine.tokenizer import TextTokenizer
@@ -38,6 +39,7 @@ class LoadedModel:
     tokenizer: TextTokenizer
     backend: Backend
     batcher: Batcher
+    admission: Admission
     shortest: int
     """Tokens of the shortest input of the model's task (the first length bucket)."""
     load_seconds: float
@@ -68,7 +70,11 @@ def load_model(
         buckets=buckets,
         run=backend.run,
         pad_id=tokenizer.pad_id,
-        max_queued_inputs=settings.max_concurrent_requests,
+        model_name=spec.name,
+    )
+    admission = Admission(
+        max_inputs=settings.max_concurrent_requests,
+        max_work=settings.max_queued_tokens,
         model_name=spec.name,
     )
     return LoadedModel(
@@ -76,6 +82,7 @@ def load_model(
         tokenizer=tokenizer,
         backend=backend,
         batcher=batcher,
+        admission=admission,
         shortest=shortest,
         load_seconds=time.perf_counter() - started,
     )

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from tokenizers import Encoding
 
 from ember import metrics
 from ember.backends.base import Backend, FloatArray
 from ember.engine import postprocess
 from ember.engine.batcher import Batcher
 from ember.engine.buckets import Buckets
+from ember.engine.heap import release_free_heap
 from ember.engine.loaded import BackendFactory, LoadedModel, load_model
-from ember.engine.tokenizer import Direction, Encoded, Item, TextTokenizer
+from ember.engine.tokenizer import (
+    Direction,
+    Encoded,
+    Item,
+    TextTokenizer,
+    check_ids,
+    encode_ids,
+    vocab_size,
+)
 from ember.engine.warmup import WarmupReport, choose_plan, warm_up
-from ember.errors import NotReady, WrongTask
+from ember.errors import InvalidInput, NotReady, WrongTask
 from ember.lifecycle import Lifecycle, Stage
 from ember.models import ModelSpec, Task
 from ember.settings import Settings
@@ -29,6 +40,14 @@ log = logging.getLogger("ember.engine")
 # Inputs whose total size is below this are tokenised on the event loop: a thread hop costs
 # more than encoding a few sentences.
 _INLINE_TOKENIZE_CHARS = 4096
+# After this many characters of requests, the heap is trimmed when the model next goes idle:
+# glibc kept what a burst of large bodies freed (RSS 205 -> 249 MB after 2 MB of inputs).
+_TRIM_AFTER_CHARS = 1 << 20
+_T = TypeVar("_T")
+
+
+def _chars(items: list[Item]) -> int:
+    return sum(len(i) if isinstance(i, str) else len(i[0]) + len(i[1]) for i in items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +71,11 @@ class ModelEngine:
         """Names that select this model: its served name first, then any aliases."""
         self.warmup_report: WarmupReport | None = None
         self._loaded: LoadedModel | None = None
-        self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self._chars_since_trim = 0
+        # Rust tokenizers release the GIL: one thread per core tokenises that many large
+        # requests at once (one thread queued 40 large inputs ~100 s deep: issue 15).
+        workers = settings.tokenizer_workers or settings.available_cores()
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokenize")
 
     @property
     def task(self) -> Task:
@@ -85,6 +108,11 @@ class ModelEngine:
     def load_seconds(self) -> float | None:
         return self._loaded.load_seconds if self._loaded else None
 
+    @property
+    def queued_inputs(self) -> int:
+        """Inputs admitted and not yet answered."""
+        return self._loaded.admission.inputs if self._loaded else 0
+
     # --- lifecycle ------------------------------------------------------------------------
 
     def load(self, backend_factory: BackendFactory) -> None:
@@ -114,8 +142,14 @@ class ModelEngine:
         return self.warmup_report
 
     async def _run_admitted(self, encoded: list[Encoded]) -> FloatArray:
-        with self._admitted(len(encoded)):
-            return (await self._run(encoded)).rows
+        return (await self.run_encoded(encoded)).rows
+
+    async def run_encoded(self, encoded: list[Encoded]) -> Result:
+        """Already-encoded inputs (warm-up's, clients' token ids): admitted by their tokens,
+        batched and run; the backend's raw rows (no post-processing), in order."""
+        work = sum(e.length for e in encoded)
+        with self.loaded.admission.held(inputs=len(encoded), work=work):
+            return await self._run(encoded)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -129,35 +163,62 @@ class ModelEngine:
         if stage is not Stage.READY:
             raise NotReady(f"model {self.spec.name!r} is {stage.value}", retry_after=1)
 
-    async def _tokenize(
-        self, items: list[Item], *, truncate: bool, direction: Direction
-    ) -> list[Encoded]:
-        tokenizer = self.loaded.tokenizer
-        size = sum(len(i) if isinstance(i, str) else len(i[0]) + len(i[1]) for i in items)
+    async def _off_loop(self, size: int, call: Callable[[], _T]) -> _T:
+        """`call()` inline when `size` characters are few (a thread hop costs more than
+        encoding a few sentences), else on the tokenizer threads, off the event loop."""
         if size <= _INLINE_TOKENIZE_CHARS:
-            return tokenizer.encode(items, truncate=truncate, direction=direction)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._tokenize_pool,
-            lambda: tokenizer.encode(items, truncate=truncate, direction=direction),
-        )
-
-    @contextmanager
-    def _admitted(self, count: int) -> Iterator[None]:
-        """Room for `count` inputs in the queue while the block runs (429 at once when full)."""
-        batcher = self.loaded.batcher
-        batcher.admit(count)
-        try:
-            yield
-        finally:
-            batcher.release(count)
+            return call()
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, call)
 
     async def _infer(self, items: list[Item], *, truncate: bool, direction: Direction) -> Result:
-        """Admit, tokenise, batch, run."""
-        with self._admitted(len(items)):
+        """Admit by work, tokenise, batch, run."""
+        loaded = self.loaded
+        size = _chars(items)
+        # Before tokenising, an input's work is its characters plus its special tokens.
+        estimate = size + len(items) * loaded.shortest
+        with loaded.admission.held(inputs=len(items), work=estimate) as held:
             t0 = time.perf_counter()
-            encoded = await self._tokenize(items, truncate=truncate, direction=direction)
-            return await self._run(encoded, tokenize_seconds=time.perf_counter() - t0)
+            encoded = await self._off_loop(
+                size,
+                lambda: loaded.tokenizer.encode(items, truncate=truncate, direction=direction),
+            )
+            loaded.admission.settle(held, sum(e.length for e in encoded))
+            try:
+                return await self._run(encoded, tokenize_seconds=time.perf_counter() - t0)
+            finally:
+                self._chars_since_trim += size
+                if loaded.admission.inputs == held.inputs:  # the last request held: idle next
+                    self._trim_if_due()
+
+    async def _infer_ids(
+        self, rows: list[list[int]], *, truncate: bool, direction: Direction
+    ) -> Result:
+        """Token-id inputs: checked against the vocabulary, admitted by their length and run
+        as given (never decoded and re-encoded), truncated like text."""
+        loaded = self.loaded
+        check_ids(rows, vocab=vocab_size(loaded.tokenizer))
+        encoded = encode_ids(loaded.tokenizer, rows, truncate=truncate, direction=direction)
+        return await self.run_encoded(encoded)
+
+    def _trim_if_due(self) -> None:
+        """Trim the heap on a tokenizer thread once large requests have come and gone."""
+        if self._chars_since_trim >= _TRIM_AFTER_CHARS:
+            self._chars_since_trim = 0
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: stopping anyway
+                self._tokenize_pool.submit(release_free_heap)
+
+    async def tokenize(
+        self, items: list[Item], *, add_special_tokens: bool = True
+    ) -> list[Encoding]:
+        """`/tokenize`: full encodings (tokens, offsets), admitted by work like inference and
+        computed off the event loop when large (a near-limit body stalled probes for 2 s)."""
+        loaded = self.loaded
+        size = _chars(items)
+        with loaded.admission.held(inputs=len(items), work=size):
+            return await self._off_loop(
+                size,
+                lambda: loaded.tokenizer.tokenize(items, add_special_tokens=add_special_tokens),
+            )
 
     async def _run(self, encoded: list[Encoded], *, tokenize_seconds: float = 0.0) -> Result:
         """Run admitted, tokenised inputs through the batcher and the backend."""
@@ -200,6 +261,25 @@ class ModelEngine:
         rows = postprocess.embeddings(result.rows, dimensions=dimensions, normalize=normalize)
         return Result(rows=rows, tokens=result.tokens, timings=result.timings)
 
+    async def embed_ids(
+        self,
+        rows: list[list[int]],
+        *,
+        normalize: bool = True,
+        truncate: bool | None = None,
+        direction: Direction = "right",
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> Result:
+        """`embed` for token-id inputs (OpenAI's and TEI's `list[int]` forms)."""
+        self.require(Task.EMBED)
+        if prompt_name is not None:
+            raise InvalidInput("`prompt_name` applies to text; token-id inputs are used as given")
+        postprocess.check_dimensions(dimensions, self.width)
+        result = await self._infer_ids(rows, truncate=self._truncate(truncate), direction=direction)
+        out = postprocess.embeddings(result.rows, dimensions=dimensions, normalize=normalize)
+        return Result(rows=out, tokens=result.tokens, timings=result.timings)
+
     async def rerank(
         self,
         query: str,
@@ -228,6 +308,20 @@ class ModelEngine:
         result = await self._infer(items, truncate=self._truncate(truncate), direction=direction)
         rows = postprocess.class_scores(result.rows, raw=raw_scores)
         return Result(rows=rows, tokens=result.tokens, timings=result.timings)
+
+    async def classify_ids(
+        self,
+        rows: list[list[int]],
+        *,
+        raw_scores: bool = False,
+        truncate: bool | None = None,
+        direction: Direction = "right",
+    ) -> Result:
+        """`classify` for token-id inputs."""
+        self.require(Task.CLASSIFY)
+        result = await self._infer_ids(rows, truncate=self._truncate(truncate), direction=direction)
+        out = postprocess.class_scores(result.rows, raw=raw_scores)
+        return Result(rows=out, tokens=result.tokens, timings=result.timings)
 
     def _truncate(self, truncate: bool | None) -> bool:
         return self.settings.auto_truncate if truncate is None else truncate

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
@@ -13,6 +12,7 @@ from typing import Any
 
 from ember import metrics
 from ember.backends.base import Backend
+from ember.engine.heap import release_free_heap
 from ember.engine.loaded import BackendFactory
 from ember.engine.model import ModelEngine
 from ember.errors import EmberError, InvalidInput, NotReady, UnknownModel, WrongTask
@@ -54,19 +54,6 @@ def resolve_specs(settings: Settings) -> list[ModelSpec]:
     if duplicates:
         raise InvalidInput(f"served model names must be unique: {', '.join(duplicates)}")
     return specs
-
-
-def _release_free_heap() -> None:
-    """Hand the heap that loading freed (export, import-time garbage) back to the OS before
-    ready, so RSS at ready is what serving holds (glibc keeps freed memory otherwise)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):  # AttributeError: not glibc
-        ctypes.CDLL(name).malloc_trim(0)
 
 
 class Engines:
@@ -161,7 +148,9 @@ class Engines:
                 current.lifecycle.to(Stage.FAILED, error=message)
             self.lifecycle.to(Stage.FAILED, error=message)
             return
-        _release_free_heap()
+        # Hand the heap that loading freed (export, import-time garbage) back before ready, so
+        # RSS at ready is what serving holds.
+        release_free_heap()
         self.ready_seconds = self.lifecycle.since_start
         self.lifecycle.to(Stage.READY)
 
@@ -175,7 +164,8 @@ class Engines:
             await model.stop()
 
     def in_flight(self) -> int:
-        return sum(m.batcher.queued_inputs for m in self.models if m.batcher is not None)
+        """Inputs admitted and not yet answered, over every model."""
+        return sum(m.queued_inputs for m in self.models)
 
     def select(self, task: Task, name: str | None = None) -> ModelEngine:
         """The model for a request: the one `name` names (its served name or an alias); else

@@ -5,6 +5,7 @@ Padding happens in the batcher, to the batch's bucket.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -176,3 +177,25 @@ def encode_ids(
             kept = row[:limit] if direction == "right" else row[-limit:]
         out.append(Encoded(ids=list(kept), type_ids=[0] * len(kept)))
     return out
+
+
+TIKTOKEN_HINT = (
+    "; these look like tiktoken ids (an OpenAI tokenizer): this server tokenises with the "
+    "model's own tokenizer, so send text and turn client-side tokenisation off (langchain-openai: "
+    "`check_embedding_ctx_length=False`)"
+)
+
+
+def check_ids(rows: Sequence[Sequence[int]], *, vocab: int) -> None:
+    """Every id within the vocabulary, else a 422 naming the first bad one (and, when the ids
+    look like tiktoken's, why and what to change on the client)."""
+    for r, row in enumerate(rows):
+        if not row:
+            raise InvalidInput(f"input {r} is an empty list of token ids")
+        for k, token in enumerate(row):
+            if not 0 <= token < vocab:
+                hint = TIKTOKEN_HINT if vocab <= token < 200_019 else ""
+                raise InvalidInput(
+                    f"input {r}, position {k}: token id {token} is not in the model's "
+                    f"vocabulary of {vocab} ids{hint}"
+                )

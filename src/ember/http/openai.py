@@ -9,8 +9,8 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from ember.backends.base import FloatArray
-from ember.engine.model import ModelEngine, Result
-from ember.http import ids, quantize, shaping, table
+from ember.engine.model import ModelEngine
+from ember.http import quantize, shaping, table
 from ember.http import schemas as s
 from ember.http.deps import AppState, EnginesDep, StateDep, on
 from ember.http.errors import OPENAI_ERRORS
@@ -51,9 +51,9 @@ async def embeddings(req: s.EmbeddingsRequest, state: StateDep) -> Response:
     limit = min(MAX_INPUTS, state.settings.max_client_batch_size)
     texts, id_rows = shaping.split_inputs(req.input, limit=limit)
     model = state.engines.select(Task.EMBED, req.model)
-    result: ids.IdResult | Result
     if id_rows:
-        result = await ids.embed(model, id_rows, dimensions=req.dimensions)
+        shaping.check_tiktoken_ids(req.model, served=model.names)
+        result = await model.embed_ids(id_rows, dimensions=req.dimensions)
     else:
         result = await model.embed(texts, normalize=True, dimensions=req.dimensions)
     kind = req.encoding_format

@@ -180,6 +180,13 @@ class EmbeddingsRequest(_Request):
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
 
+    @field_validator("encoding_format", mode="before")
+    @classmethod
+    def _null_is_float(cls, value: object) -> object:
+        # litellm sends `"encoding_format": null` on purpose (so the openai SDK adds no
+        # base64); OpenAI answers it with floats.
+        return "float" if value is None else value
+
 
 class EmbeddingObject(TypedDict):
     object: Literal["embedding"]
@@ -226,6 +233,13 @@ class OpenAIError(TypedDict):
 # --- /v1/rerank (Cohere / Jina style) ------------------------------------------------------
 
 
+def _document_texts(value: object) -> object:
+    # Cohere (v1, and litellm's `cohere/`) also sends documents as objects: {"text": ...}.
+    if isinstance(value, list):
+        return [d["text"] if isinstance(d, dict) and "text" in d else d for d in value]
+    return value
+
+
 class V1RerankRequest(_Request):
     query: str
     documents: Annotated[list[str], Field(min_length=1)]
@@ -234,6 +248,8 @@ class V1RerankRequest(_Request):
     return_documents: bool = False
     raw_scores: bool = False
     truncate: bool | None = None
+
+    _documents = field_validator("documents", mode="before")(_document_texts)
 
 
 class V1RerankDocument(TypedDict):
@@ -270,6 +286,8 @@ class CohereRerankRequest(_Request):
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool = False
     max_tokens_per_doc: int | None = Field(default=None, ge=1)
+
+    _documents = field_validator("documents", mode="before")(_document_texts)
 
 
 class CohereMeta(TypedDict):

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -406,8 +407,9 @@ def server(app: FastAPI, settings: Settings, *, outer: ASGIApp | None = None) ->
     return DrainingServer(config, settings=settings, app=app, guard=guard)
 
 
-def run(app: FastAPI, settings: Settings) -> None:
-    server(app, settings).run()
+def run(app: FastAPI, settings: Settings, *, sockets: list[socket.socket] | None = None) -> None:
+    """Serve `app` until a signal; on `sockets` (already listening) if given."""
+    server(app, settings).run(sockets=sockets)
 
 
 def run_reload(settings: Settings) -> None:

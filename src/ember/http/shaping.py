@@ -17,7 +17,7 @@ from starlette.responses import Response
 from tokenizers import Encoding
 
 from ember.backends.base import FloatArray
-from ember.engine.tokenizer import Item
+from ember.engine.tokenizer import TIKTOKEN_HINT, Item
 from ember.errors import InvalidInput, TooLarge
 from ember.http import quantize
 from ember.http import schemas as s
@@ -173,26 +173,19 @@ def id_rows(ids: list[int] | list[list[int]]) -> list[list[int]]:
     return rows if rows else [flat]
 
 
-TIKTOKEN_HINT = (
-    "; these look like tiktoken ids (an OpenAI tokenizer): this server tokenises with the "
-    "model's own tokenizer, so send text and turn client-side tokenisation off (langchain-openai: "
-    "`check_embedding_ctx_length=False`)"
-)
+OPENAI_MODEL_PREFIX = "text-embedding-"
+"""OpenAI's embedding model names (`text-embedding-ada-002`, `text-embedding-3-small`, ...)."""
 
 
-def check_ids(rows: Sequence[Sequence[int]], *, vocab: int) -> None:
-    """Every id within the vocabulary, else a 422 naming the first bad one (and, when the ids
-    look like tiktoken's, why and what to change on the client)."""
-    for r, row in enumerate(rows):
-        if not row:
-            raise InvalidInput(f"input {r} is an empty list of token ids")
-        for k, token in enumerate(row):
-            if not 0 <= token < vocab:
-                hint = TIKTOKEN_HINT if vocab <= token < 200_019 else ""
-                raise InvalidInput(
-                    f"input {r}, position {k}: token id {token} is not in the model's "
-                    f"vocabulary of {vocab} ids{hint}"
-                )
+def check_tiktoken_ids(requested: str | None, *, served: Sequence[str]) -> None:
+    """Token ids sent for an OpenAI model name that this server does not serve were made by
+    tiktoken (langchain-openai's default): a 422 with the hint, even when every id happens to
+    be inside the vocabulary (common words are, and would silently embed the wrong tokens)."""
+    if requested and requested.startswith(OPENAI_MODEL_PREFIX) and requested not in served:
+        raise InvalidInput(
+            f"token ids sent for model {requested!r}, which is served here by {served[0]!r}"
+            f"{TIKTOKEN_HINT}"
+        )
 
 
 def check_unicode(texts: Sequence[str]) -> None:

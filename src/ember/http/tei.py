@@ -13,10 +13,10 @@ from starlette.responses import Response
 
 from ember import __version__
 from ember.engine.model import ModelEngine
-from ember.engine.tokenizer import Item, decode_ids, vocab_size
+from ember.engine.tokenizer import Item, check_ids, decode_ids, vocab_size
 from ember.errors import NotReady, WrongTask
-from ember.http import ids, shaping, table
 from ember.http import schemas as s
+from ember.http import shaping, table
 from ember.http.deps import EnginesDep, SettingsDep, on
 from ember.http.errors import TEI_ERRORS
 from ember.http.shaping import JSON
@@ -56,8 +56,7 @@ def _headers(result: Any, items: Sequence[Item]) -> dict[str, str]:
 async def embed_rows(model: ModelEngine, req: s.EmbedRequest, *, limit: int) -> Response:
     texts, id_rows = shaping.split_inputs(req.inputs, limit=limit)
     if id_rows:
-        by_id = await ids.embed(
-            model,
+        by_id = await model.embed_ids(
             id_rows,
             normalize=req.normalize,
             truncate=req.truncate,
@@ -99,8 +98,7 @@ async def predict_response(model: ModelEngine, req: s.PredictRequest, *, limit: 
     if isinstance(inputs, list) and inputs and not _textual(inputs):
         id_rows = shaping.id_rows(inputs)  # type: ignore[arg-type]
         shaping.as_list([""] * len(id_rows), limit=limit)  # the same count limit as texts
-        by_id = await ids.classify(
-            model,
+        by_id = await model.classify_ids(
             id_rows,
             raw_scores=req.raw_scores,
             truncate=req.truncate,
@@ -179,6 +177,10 @@ async def dispatch(body: dict[str, Any], engines: EnginesDep, settings: Settings
     model = engines.select(first.task, name) if name else first
     limit = settings.max_client_batch_size
     if model.task is Task.EMBED:
+        # TEI's `POST /` also takes a `/similarity` body (its untagged request enum), which
+        # huggingface_hub's `sentence_similarity` sends to a bare endpoint URL.
+        if isinstance(body.get("inputs"), dict):
+            return await similarity_scores(model, parse(s.SimilarityRequest, body), limit=limit)
         return await embed_rows(model, parse(s.EmbedRequest, body), limit=limit)
     if model.task is Task.RERANK:
         items, _, headers = await rerank_items(model, parse(s.RerankRequest, body), limit=limit)
@@ -218,7 +220,7 @@ async def decode(req: s.DecodeRequest, engines: EnginesDep) -> Response:
     if model.tokenizer is None or model.lifecycle.stage in (Stage.STARTING, Stage.LOADING):
         raise NotReady(f"model {model.spec.name!r} is {model.lifecycle.stage.value}")
     rows = shaping.id_rows(req.ids)
-    shaping.check_ids(rows, vocab=vocab_size(model.tokenizer))
+    check_ids(rows, vocab=vocab_size(model.tokenizer))
     skip = req.skip_special_tokens
     return JSON([decode_ids(model.tokenizer, ids, skip_special_tokens=skip) for ids in rows])
 
@@ -230,9 +232,16 @@ async def similarity(
     """Cosine similarity of each sentence to the source sentence (huggingface_hub's
     `sentence_similarity`)."""
     model = engines.select(Task.EMBED, req.model)
+    return await similarity_scores(model, req, limit=settings.max_client_batch_size)
+
+
+async def similarity_scores(
+    model: ModelEngine, req: s.SimilarityRequest, *, limit: int
+) -> Response:
+    """`/similarity`'s answer from `model`."""
     params = req.parameters or s.SimilarityParameters()
     texts = [req.inputs.source_sentence, *req.inputs.sentences]
-    shaping.as_list(req.inputs.sentences, limit=settings.max_client_batch_size)
+    shaping.as_list(req.inputs.sentences, limit=limit)
     result = await model.embed(
         texts,
         normalize=True,

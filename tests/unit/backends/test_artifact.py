@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ember.backends import disk_space, export, onnx_graph
+from ember.backends import disk_space, export, graph_passes, onnx_graph
 from ember.backends.artifact import cache_path, ensure_artifact, prepare_main
 from ember.backends.base import Batch
 from ember.backends.onnx_backend import OnnxBackend
+from ember.bench import tiny_models
 from ember.errors import ModelError
 from ember.manifest import (
     DATA_FILE,
@@ -398,3 +399,126 @@ def test_prepare_peak_disk_is_at_most_twice_the_artifact(
     # The passes' graphs carry a few KB the final one folds away: 2.008x on this tiny model.
     assert max(peaks) <= 2.02 * (manifest.model_size + manifest.data_size)
     assert max(peaks) <= disk_space.bytes_needed(tiny_plain)  # what the up-front check asks
+
+
+# --- fusions: recorded, and never failing silently -----------------------------------------------
+
+
+def test_the_manifest_and_describe_record_which_fusions_applied(
+    tiny_artifact: Path, settings: Settings
+) -> None:
+    manifest = load_manifest(tiny_artifact)
+    assert manifest.fusion is not None
+    assert manifest.fusion.fused
+    # Written fused by onnx_graph (as ORT's "bert" optimiser fuses it): no optimiser ran.
+    assert manifest.fusion.model_type is None
+    assert manifest.fusion.ops["Attention"] == 2  # one per layer
+    assert manifest.fusion.error is None
+    assert serve(tiny_artifact, settings).describe()["optimization"] == manifest.fusion.to_dict()
+
+
+def test_a_failed_fusion_is_said_recorded_and_served_unfused(  # noqa: PLR0917 - fixtures
+    tiny_plain: Path,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def too_large(*args: Any, **kwargs: Any) -> dict[str, int]:
+        raise ValueError("Failed to serialize proto")  # the 2 GB protobuf limit's message
+
+    monkeypatch.setattr(graph_passes, "_run_fusions", too_large)
+    monkeypatch.setattr(onnx_graph, "covers", lambda spec: None)  # the torch export's path
+    out = tmp_path / "art"
+    code = prepare_main(settings, source=str(tiny_plain), out=str(out), optimize=None, force=False)
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "warning: transformer fusions failed" in err
+    assert "ValueError: Failed to serialize proto" in err
+    fusion = load_manifest(out).fusion
+    assert fusion is not None
+    assert (fusion.fused, fusion.error) == (False, "ValueError: Failed to serialize proto")
+    backend = serve(out, settings)
+    assert backend.describe()["optimization"]["error"] == fusion.error
+    np.testing.assert_allclose(
+        backend.run(BATCH), serve(tiny_artifact, settings).run(BATCH), atol=1e-5
+    )
+
+
+def _family(path: Path, model_type: str) -> Path:
+    """A tiny random-weight model of another family, saved with the test tokenizer."""
+    import torch
+    import transformers
+
+    size = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config: Any
+    if model_type == "qwen3":
+        config = transformers.Qwen3Config(
+            vocab_size=tiny_models.VOCAB_SIZE,
+            intermediate_size=64,
+            num_key_value_heads=1,
+            head_dim=16,
+            **size,
+        )
+    else:
+        config = transformers.DebertaV2Config(
+            vocab_size=tiny_models.VOCAB_SIZE, intermediate_size=64, **size
+        )
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(path)
+    tiny_models.copy_tokenizer(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("model_type", "pooling", "ort_type", "fused"),
+    [("deberta-v2", "mean", "bert", True), ("qwen3", "lasttoken", "qwen3", False)],
+)
+def test_non_bert_families_get_their_fusions_recorded(  # noqa: PLR0917 - parameters and fixtures
+    model_type: str, pooling: str, ort_type: str, fused: bool, tmp_path: Path, settings: Settings
+) -> None:
+    source = _family(tmp_path / model_type, model_type)
+    _, manifest = ensure_artifact(inspect_model(str(source), pooling=pooling), settings)
+    assert manifest.fusion is not None
+    assert (manifest.fusion.model_type, manifest.fusion.fused) == (ort_type, fused)
+    assert manifest.verify["min_cosine"] > 0.9999
+
+
+# --- large models: external data through every pass ---------------------------------------------
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_every_pass_reads_and_writes_external_data(
+    quantize: str, tiny_plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a model over 2 GB goes through, forced on a tiny one: the exporter writes each
+    weight to a file of its own (as torch does past the protobuf limit), and every later pass
+    must read that and write its own graph with external data."""
+    import onnx
+
+    real_export, real_advance = export._export, export._advance
+    stages: dict[str, list[str]] = {}
+
+    def export_like_a_large_model(*args: Any, path: Path, **kwargs: Any) -> None:
+        real_export(*args, path=path, **kwargs)
+        model = onnx.load(str(path))
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=False)
+
+    def advance(graph: Path, stage: Path) -> Path:
+        stages[graph.parent.name] = sorted(p.name for p in graph.parent.iterdir())
+        stages[stage.name] = sorted(p.name for p in stage.iterdir())
+        return real_advance(graph, stage)
+
+    monkeypatch.setattr(export, "_export", export_like_a_large_model)
+    monkeypatch.setattr(export, "_advance", advance)
+    monkeypatch.setattr(onnx_graph, "covers", lambda spec: None)  # the torch export's path
+    settings = Settings(cache_dir=tmp_path, threads=1, quantize=quantize)
+    path, manifest = ensure_artifact(inspect_model(str(tiny_plain)), settings)
+    assert len(stages["exported"]) > 10  # model.onnx and one file per weight
+    for stage in ("fused", "int8" if quantize == "int8" else "optimized"):
+        assert stages[stage] == ["model.onnx", "model.onnx.data"], stage
+    assert manifest.fusion is not None
+    assert manifest.fusion.fused
+    assert manifest.verify["min_cosine"] > (0.99 if quantize == "int8" else 0.9999)
+    assert serve(path, settings).run(BATCH).shape == (2, tiny_models.HIDDEN)

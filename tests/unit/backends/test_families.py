@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from ember.backends.torch_backend import attention_implementation
-from ember.bench.tiny_models import (
+from ember.bench.tiny_families import (
     E5_PROMPTS,
     FAMILIES,
     FAMILY_MAX_LENGTH,
     family_config,
-    reference_embeddings,
     reference_sparse,
 )
+from ember.bench.tiny_models import reference_embeddings
 from ember.errors import ModelError
 from ember.models import Task, inspect_model
 

@@ -37,7 +37,7 @@ def test_startup_result_shape(tmp_path: Path) -> None:
     assert result["failed_runs"] == []
     assert len(result["runs"]) == 2
     for run in result["runs"]:
-        assert 0.3 <= run["ready_seconds"] < 5
+        assert 0.3 <= run["ready_seconds"] < 60  # generous: a loaded machine is slow to spawn
         assert run["port_seconds"] <= run["health_seconds"] < run["ready_seconds"]
         # Probe time: /health answered and /ready said 503 before ready (ordered, not timed:
         # the fake's own interpreter start varies with the machine's load).

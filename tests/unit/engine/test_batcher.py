@@ -11,7 +11,7 @@ from ember.backends.base import Batch, FloatArray
 from ember.engine.batcher import Batcher
 from ember.engine.buckets import Buckets
 from ember.engine.tokenizer import Encoded
-from ember.errors import BackendFailure, Overloaded
+from ember.errors import BackendFailure
 
 pytestmark = pytest.mark.anyio
 
@@ -21,11 +21,11 @@ def first_token(batch: Batch) -> FloatArray:
     return batch.input_ids[:, :1].astype(np.float32)
 
 
-def make_batcher(max_queued: int = 1000, run=first_token) -> Batcher:  # type: ignore[no-untyped-def]
+def make_batcher(run=first_token) -> Batcher:  # type: ignore[no-untyped-def]
     buckets = Buckets.build(
         max_length=64, seq_buckets=[8, 16, 32], row_buckets=[], max_tokens=64, max_rows=4
     )
-    return Batcher(buckets=buckets, run=run, pad_id=0, max_queued_inputs=max_queued, model_name="t")
+    return Batcher(buckets=buckets, run=run, pad_id=0, model_name="t")
 
 
 def enc(token: int, length: int) -> Encoded:
@@ -37,7 +37,6 @@ async def test_results_come_back_in_request_order_across_batches() -> None:
     batcher.start()
     try:
         items = [enc(i + 1, length) for i, length in enumerate([3, 60, 10, 5, 33, 2, 17, 8, 9])]
-        batcher.admit(len(items))
         rows, timing = await batcher.submit(items)
         assert rows[:, 0].tolist() == [float(i + 1) for i in range(len(items))]
         assert timing.inference > 0
@@ -52,26 +51,13 @@ async def test_concurrent_requests_get_their_own_rows() -> None:
     try:
 
         async def one(token: int) -> list[float]:
-            batcher.admit(2)
             rows, _ = await batcher.submit([enc(token, 4), enc(token, 12)])
-            batcher.release(2)
             return rows[:, 0].tolist()
 
         results = await asyncio.gather(*(one(t) for t in range(1, 30)))
         assert results == [[float(t), float(t)] for t in range(1, 30)]
-        assert batcher.queued_inputs == 0
     finally:
         await batcher.stop()
-
-
-async def test_admission_is_bounded() -> None:
-    batcher = make_batcher(max_queued=5)
-    batcher.admit(5)
-    with pytest.raises(Overloaded) as info:
-        batcher.admit(1)
-    assert info.value.retry_after == 1
-    batcher.release(5)
-    batcher.admit(5)
 
 
 async def test_a_failing_batch_fails_only_its_requests() -> None:
@@ -83,7 +69,6 @@ async def test_a_failing_batch_fails_only_its_requests() -> None:
     batcher = make_batcher(run=run)
     batcher.start()
     try:
-        batcher.admit(2)
         with pytest.raises(BackendFailure):
             await batcher.submit([enc(13, 4)])
         rows, _ = await batcher.submit([enc(5, 4)])

@@ -89,9 +89,7 @@ class _Queued:
 
 def _padded(buckets: Buckets, lengths: list[int]) -> list[tuple[int, int]]:
     """The shapes the real batcher groups and pads inputs of these lengths to."""
-    batcher = Batcher(
-        buckets=buckets, run=lambda b: b.input_ids, pad_id=0, max_queued_inputs=1, model_name="t"
-    )
+    batcher = Batcher(buckets=buckets, run=lambda b: b.input_ids, pad_id=0, model_name="t")
     shapes = []
     for indices in plan_batches(lengths, buckets):
         group = [

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from ember.engine.tokenizer import check_ids
 from ember.errors import InvalidInput, TooLarge
 from ember.http import shaping
 from ember.models import Task
@@ -86,16 +87,16 @@ def test_similarities_are_cosines_to_the_first_row() -> None:
 
 
 def test_check_ids_names_the_first_bad_id_and_spots_tiktoken() -> None:
-    shaping.check_ids([[0, 5, 99]], vocab=100)
+    check_ids([[0, 5, 99]], vocab=100)
     with pytest.raises(InvalidInput, match="position 1: token id 100 ") as bert:
-        shaping.check_ids([[1, 100, 200]], vocab=100)
+        check_ids([[1, 100, 200]], vocab=100)
     assert "tiktoken" in bert.value.message
     with pytest.raises(InvalidInput, match="check_embedding_ctx_length=False"):
-        shaping.check_ids([[1, 2], [3, 100256]], vocab=30522)
+        check_ids([[1, 2], [3, 100256]], vocab=30522)
     with pytest.raises(InvalidInput, match="-1"):
-        shaping.check_ids([[-1]], vocab=30522)
+        check_ids([[-1]], vocab=30522)
     with pytest.raises(InvalidInput, match="empty"):
-        shaping.check_ids([[]], vocab=30522)
+        check_ids([[]], vocab=30522)
     assert shaping.id_rows([1, 2]) == [[1, 2]]
     assert shaping.id_rows([[1], [2, 3]]) == [[1], [2, 3]]
 
