@@ -200,3 +200,23 @@ def test_prepare_of_a_covered_model_imports_neither_torch_nor_transformers_nor_s
     manifest = json.loads((out / "ember-manifest.json").read_text("utf-8"))
     assert manifest["versions"]["graph_builder"] == onnx_graph.BUILDER
     assert "torch" not in manifest["versions"] and manifest["graph"]["fused"]
+
+
+def test_bfloat16_checkpoints_are_read(tiny_dir: Path, tmp_path: Path) -> None:
+    """numpy has no bfloat16 of its own; ml_dtypes (which onnx imports) gives it one, so
+    safetensors.numpy reads such checkpoints and the graph gets their float32 values."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    source = families.build(tiny_dir / "bert-shaped", "bert", Task.EMBED, pooling="mean")
+    path = shutil.copytree(source, tmp_path / "bf16")
+    weights = load_file(str(path / "model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, path / "model.safetensors")
+    spec = inspect_model(str(path))
+    items = items_for(Task.EMBED)
+    batch = batch_of(spec, items, rows=len(items), seq=64)
+    expected = families.reference(path, "bert", Task.EMBED, batch, pooling="mean")
+    for graph in write(spec, tmp_path / "graphs"):
+        assert cosines(run(graph, batch), expected).min() >= 0.9999
