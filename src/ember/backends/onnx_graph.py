@@ -10,7 +10,14 @@ LayerNormalization with positions from a sliced constant (→ EmbedLayerNormaliz
 attention as the classic MatMul/Add/Reshape/Transpose chain with an additive
 `(1 - mask) * min` mask (→ Attention), the erf GELU (→ Gelu, then BiasGelu) or the tanh one (→
 FastGelu), and residual Add + LayerNormalization (SkipLayerNorm stays unfused on purpose,
-`graph_passes.fuse`).
+`graph_passes.fuse`). `ember prepare` writes the fused form directly (`fused=True`: what the
+optimizer makes of the plain form, same operators and outputs, checked in test_onnx_graph), so a
+first start needs neither the optimizer nor its sympy import; the plain form is for
+`--optimize 0` and for that check.
+
+Measured (all-MiniLM-L6-v2, 2-core VM with load 4-5 from other sessions, `ember serve` with an
+empty --cache-dir, spawn to first /ready 200): 4.4-5.1 s of the server's CPU, 7-10 s wall
+(the torch export: 17 s CPU, with torch's bytecode cached); prepare alone ~3 s CPU.
 
 The family differences are folded into the weights by `bert.named_weights` (positions start at
 the first row in use, a one-row token-type table is added to them), so positions are always
