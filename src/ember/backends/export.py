@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import torch
 
     from ember.backends.base import FloatArray
+    from ember.backends.onnx_graph import BuiltGraph
 
 log = logging.getLogger("ember.backends.artifact")
 
@@ -83,26 +84,33 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
     """Build the artifact for `spec` into the empty folder `out`; `key` is its cache key."""
     work = out / "work"
     work.mkdir()
-    with step("load the model"):
-        module, input_names = _load_wrapper(spec)
-        feeds = _sample_feeds(spec, input_names)
-        expected = _reference(module, feeds)
-    with step("export to ONNX"):
-        graph = _stage(work, "exported")
-        _export(
-            module,
-            feeds=feeds,
-            names=input_names,
-            output=_output_name(spec),
-            path=graph,
-            opset=options.opset,
-        )
-    # Peak memory: the torch weights are not needed past the export (verify compares with the
-    # reference outputs computed above).
-    del module
-    release_memory()
-    fusion = Fusion(fused=False)
-    if options.optimize > 0:
+    graph = _stage(work, "exported")
+    expected: FloatArray | None = None  # None: built without torch, verified in tests only
+    # Written already fused (as ORT's optimizer would leave it) unless the raw graph is asked for.
+    prefused = options.optimize > 0
+    if (built := _build_without_torch(spec, graph, options, step, fused=prefused)) is not None:
+        feeds = _sample_feeds(spec, built.inputs)
+        fusion = Fusion(fused=prefused, ops=built.fused_ops)
+    else:
+        with step("load the model"):
+            module, input_names = _load_wrapper(spec)
+            feeds = _sample_feeds(spec, input_names)
+            expected = _reference(module, feeds)
+        with step("export to ONNX"):
+            _export(
+                module,
+                feeds=feeds,
+                names=input_names,
+                output=_output_name(spec),
+                path=graph,
+                opset=options.opset,
+            )
+        # Peak memory: the torch weights are not needed past the export (verify compares with
+        # the reference outputs computed above).
+        del module
+        release_memory()
+        fusion = Fusion(fused=False)
+    if options.optimize > 0 and not fusion.fused:
         with step("fuse transformer ops"):
             fusion = fuse(spec, graph, _stage(work, "fused"))
             if fusion.fused:
@@ -120,7 +128,7 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
         release_memory()
         externalize(graph, model_file, consume=True)
         release_memory()
-    with step("verify against torch"):
+    with step("verify against torch" if expected is not None else "check the graph runs"):
         verify, inputs = _verify(
             expected, feeds, model_file, options=options, embed=spec.task is Task.EMBED
         )
@@ -151,7 +159,7 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
             output=_output_name(spec),
             fused=fusion.fused,
             fusion=fusion,
-            versions=_versions(),
+            versions=_versions(torch=expected is not None),
             verify=verify,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
@@ -288,7 +296,7 @@ def _reference(module: torch.nn.Module, feeds: dict[str, np.ndarray[Any, Any]]) 
 
 
 def _verify(
-    expected: FloatArray,
+    expected: FloatArray | None,
     feeds: dict[str, np.ndarray[Any, Any]],
     model: Path,
     *,
@@ -296,7 +304,7 @@ def _verify(
     embed: bool,
 ) -> tuple[dict[str, float], tuple[str, ...]]:
     """Run the saved graph on the sample batch; raise if it differs from the torch module's
-    `expected` outputs.
+    `expected` outputs (None: only that it runs and is finite; tests compare with torch).
 
     Returns the agreement figures and the graph's input names (the exporter drops inputs the
     model ignores, so these, not the wrapper's, are what serving must feed)."""
@@ -308,6 +316,8 @@ def _verify(
     int8 = options.quantize == "int8"
     if not np.isfinite(got).all():
         raise ModelError(f"verification failed: {model} produced non-finite values")
+    if expected is None:
+        return {}, inputs
     max_diff = float(np.abs(got - expected).max())
     norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
     cosine = float(((got * expected).sum(axis=1) / np.maximum(norms, 1e-12)).min())
@@ -339,18 +349,45 @@ def _copy_tokenizer(source: Path, out: Path) -> None:
         raise ModelError(f"{source} has no tokenizer.json (a fast tokenizer file is required)")
 
 
-def _versions() -> dict[str, str]:
-    import onnx
-    import torch
-    import transformers
+def _build_without_torch(
+    spec: ModelSpec, graph: Path, options: Options, step: StepFn, *, fused: bool
+) -> BuiltGraph | None:
+    """Write the graph from the weights (`onnx_graph`) when it covers `spec`; what was built,
+    or None for the torch export. This is what keeps torch off a first start (issue 16)."""
+    from ember.backends.onnx_graph import build_graph, covers
 
-    return {
+    config = covers(spec)
+    if config is None:
+        return None
+    try:
+        with step("build the ONNX graph from the weights"):
+            return build_graph(spec, config, path=graph, opset=options.opset, fused=fused)
+    except (KeyError, ValueError, TypeError) as exc:  # a missing weight, an unreadable dtype
+        log.info("prepare: %s: %s; exporting with torch instead", spec.name, exc)
+        for file in graph.parent.iterdir():
+            file.unlink()
+        return None
+
+
+def _versions(*, torch: bool) -> dict[str, str]:
+    """What made the artifact; `graph_builder` says which of the two builders wrote the graph."""
+    import onnx
+
+    from ember.backends.onnx_graph import BUILDER
+
+    versions = {
         "ember": __version__,
         "onnxruntime": ort_version(),
         "onnx": str(onnx.__version__),
-        "torch": str(torch.__version__),
-        "transformers": str(transformers.__version__),
+        "graph_builder": "torch.onnx" if torch else BUILDER,
     }
+    if torch:
+        import torch as torch_module
+        import transformers
+
+        versions["torch"] = str(torch_module.__version__)
+        versions["transformers"] = str(transformers.__version__)
+    return versions
 
 
 def _write_manifest(out: Path, manifest: Manifest) -> None:

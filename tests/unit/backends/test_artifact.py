@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ember.backends import artifact, disk_space, export, graph_passes
+from ember.backends import artifact, disk_space, export, graph_passes, onnx_graph
 from ember.backends.artifact import cache_path, ensure_artifact, prepare_main
 from ember.backends.base import Batch
 from ember.backends.onnx_backend import OnnxBackend
@@ -68,10 +68,12 @@ def test_manifest_records_labels_versions_and_hash(
     assert manifest.data_size == (path / DATA_FILE).stat().st_size
     assert manifest.data_sha256 == file_sha256(path / DATA_FILE)
     assert manifest.model_size < manifest.data_size  # the weights live in the data file
-    assert {"ember", "onnxruntime", "onnx", "torch"} <= manifest.versions.keys()
+    # Built without torch (onnx_graph); its agreement with torch is test_onnx_graph's to check.
+    assert {"ember", "onnxruntime", "onnx"} <= manifest.versions.keys()
+    assert manifest.versions["graph_builder"] == onnx_graph.BUILDER
+    assert "torch" not in manifest.versions and manifest.verify == {}
     assert manifest.inputs == ("input_ids", "attention_mask", "token_type_ids")
     assert manifest.options == Options()
-    assert manifest.verify["max_abs_diff"] < 1e-3
 
 
 # --- the cache ---------------------------------------------------------------------------------
@@ -138,6 +140,7 @@ def test_a_failed_prepare_leaves_nothing_and_the_next_one_cleans_up(
 
     with monkeypatch.context() as patch:
         patch.setattr(export, "_export", half_export)
+        patch.setattr(onnx_graph, "build_graph", half_export)  # the torch-free builder too
         with pytest.raises(ModelError, match="export failed"):
             ensure_artifact(spec, settings)
     assert not dest.exists()
@@ -392,7 +395,7 @@ def test_prepare_peak_disk_is_at_most_twice_the_artifact(
 
     monkeypatch.setattr(export, "_advance", measured)
     _, manifest = ensure_artifact(inspect_model(str(tiny_plain)), settings)
-    assert len(peaks) == 2  # fused, optimised
+    assert len(peaks) == 1  # optimised (the graph is written fused: onnx_graph)
     # The passes' graphs carry a few KB the final one folds away: 2.008x on this tiny model.
     assert max(peaks) <= 2.02 * (manifest.model_size + manifest.data_size)
     assert max(peaks) <= disk_space.bytes_needed(tiny_plain)  # what the up-front check asks
@@ -407,7 +410,8 @@ def test_the_manifest_and_describe_record_which_fusions_applied(
     manifest = load_manifest(tiny_artifact)
     assert manifest.fusion is not None
     assert manifest.fusion.fused
-    assert manifest.fusion.model_type == "bert"
+    # Written fused by onnx_graph (as ORT's "bert" optimiser fuses it): no optimiser ran.
+    assert manifest.fusion.model_type is None
     assert manifest.fusion.ops["Attention"] == 2  # one per layer
     assert manifest.fusion.error is None
     assert serve(tiny_artifact, settings).describe()["optimization"] == manifest.fusion.to_dict()
@@ -425,6 +429,7 @@ def test_a_failed_fusion_is_said_recorded_and_served_unfused(  # noqa: PLR0917 -
         raise ValueError("Failed to serialize proto")  # the 2 GB protobuf limit's message
 
     monkeypatch.setattr(graph_passes, "_run_fusions", too_large)
+    monkeypatch.setattr(onnx_graph, "covers", lambda spec: None)  # the torch export's path
     out = tmp_path / "art"
     code = prepare_main(settings, source=str(tiny_plain), out=str(out), optimize=None, force=False)
     err = capsys.readouterr().err
@@ -516,6 +521,7 @@ def test_every_pass_reads_and_writes_external_data(
 
     monkeypatch.setattr(export, "_export", export_like_a_large_model)
     monkeypatch.setattr(export, "_advance", advance)
+    monkeypatch.setattr(onnx_graph, "covers", lambda spec: None)  # the torch export's path
     settings = Settings(cache_dir=tmp_path, threads=1, quantize=quantize)
     spec = inspect_model(str(tiny_plain))
     options = Options(quantize=quantize, optimize=optimize)
