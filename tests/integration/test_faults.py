@@ -98,15 +98,17 @@ def tiny_artifact(tiny_embedder: Path, tmp_path_factory: pytest.TempPathFactory)
     return artifact
 
 
-def _zero_middle(model: Path) -> None:
-    """Same size, different bytes: only the manifest's hash can tell."""
+def _garble_middle(model: Path) -> None:
+    """Same size, different bytes: only the manifest's hash can tell. Bytes are inverted, not
+    zeroed: a graph written from the weights can hold zeros there already."""
     data = bytearray(model.read_bytes())
-    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
     model.write_bytes(bytes(data))
 
 
 ARTIFACT_DAMAGE: dict[str, Callable[[Path], None]] = {
-    "garbled-onnx": lambda folder: _zero_middle(folder / MODEL_FILE),
+    "garbled-onnx": lambda folder: _garble_middle(folder / MODEL_FILE),
     "truncated-onnx": lambda folder: (folder / MODEL_FILE).write_bytes(
         (folder / MODEL_FILE).read_bytes()[:4096]
     ),

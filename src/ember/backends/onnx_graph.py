@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ember.backends.bert import EncoderConfig, named_weights, supported
+from ember.errors import ModelError
 from ember.models import ModelSpec, Task
 
 log = logging.getLogger("ember.backends.artifact")
@@ -81,9 +82,12 @@ def build_graph(
     import onnx
     from safetensors.numpy import load_file
 
-    weights = named_weights(
-        load_file(str(spec.path / "model.safetensors")), config=config, task=spec.task
-    )
+    weights_file = spec.path / "model.safetensors"
+    try:
+        tensors = load_file(str(weights_file))
+    except Exception as exc:  # safetensors raises its own error type for a damaged header
+        raise ModelError(f"cannot load weights from {weights_file}: {exc}") from exc
+    weights = named_weights(tensors, config=config, task=spec.task)
     graph = _Graph(weights, fused=fused)
     model = graph.model
     model.ir_version = onnx.IR_VERSION
