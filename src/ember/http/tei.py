@@ -275,8 +275,27 @@ async def embed_all(req: s.EmbedRequest, engines: EnginesDep) -> Response:
     )
 
 
-@on(router, table.EMBED_SPARSE, response_model=list[list[dict[str, float]]])
-async def embed_sparse(req: s.EmbedRequest, engines: EnginesDep) -> Response:
-    """SPLADE vectors: answered 424 until a backend returns SPLADE outputs."""
+@on(router, table.EMBED_SPARSE, response_model=list[list[s.SparseValue]])
+async def embed_sparse(req: s.EmbedRequest, engines: EnginesDep, settings: SettingsDep) -> Response:
+    """SPLADE vectors, non-zero entries only; 424 for a model without SPLADE pooling (TEI)."""
     model = engines.select(Task.EMBED, req.model)
-    raise _no_outputs(model, wanted="/embed_sparse (SPLADE sparse vectors)")
+    if not model.spec.splade:
+        raise _no_outputs(model, wanted="/embed_sparse (SPLADE sparse vectors)")
+    texts, id_rows = shaping.split_inputs(req.inputs, limit=settings.max_client_batch_size)
+    if id_rows:
+        by_id = await model.embed_ids(
+            id_rows,
+            normalize=False,
+            truncate=req.truncate,
+            direction=req.truncation_direction,
+            prompt_name=req.prompt_name,
+        )
+        return JSON(shaping.sparse(by_id.rows), headers=_headers(by_id, []))
+    result = await model.embed(
+        texts,
+        normalize=False,
+        truncate=req.truncate,
+        direction=req.truncation_direction,
+        prompt_name=req.prompt_name,
+    )
+    return JSON(shaping.sparse(result.rows), headers=_headers(result, texts))
