@@ -76,6 +76,28 @@ async def embed_rows(model: ModelEngine, req: s.EmbedRequest, *, limit: int) -> 
     return JSON(shaping.embeddings(result.rows), headers=_headers(result, texts))
 
 
+async def sparse_rows(model: ModelEngine, req: s.EmbedRequest, *, limit: int) -> Response:
+    """A SPLADE model's vectors as TEI's `/embed_sparse` answers them: non-zero entries only."""
+    texts, id_rows = shaping.split_inputs(req.inputs, limit=limit)
+    if id_rows:
+        by_id = await model.embed_ids(
+            id_rows,
+            normalize=False,
+            truncate=req.truncate,
+            direction=req.truncation_direction,
+            prompt_name=req.prompt_name,
+        )
+        return JSON(shaping.sparse(by_id.rows), headers=_headers(by_id, []))
+    result = await model.embed(
+        texts,
+        normalize=False,
+        truncate=req.truncate,
+        direction=req.truncation_direction,
+        prompt_name=req.prompt_name,
+    )
+    return JSON(shaping.sparse(result.rows), headers=_headers(result, texts))
+
+
 async def rerank_items(
     model: ModelEngine, req: s.RerankRequest, *, limit: int
 ) -> tuple[list[s.RankItem], int, dict[str, str]]:
@@ -181,6 +203,8 @@ async def dispatch(body: dict[str, Any], engines: EnginesDep, settings: Settings
         # huggingface_hub's `sentence_similarity` sends to a bare endpoint URL.
         if isinstance(body.get("inputs"), dict):
             return await similarity_scores(model, parse(s.SimilarityRequest, body), limit=limit)
+        if model.spec.splade:  # TEI serves `/embed_sparse` at `POST /` for SPLADE models
+            return await sparse_rows(model, parse(s.EmbedRequest, body), limit=limit)
         return await embed_rows(model, parse(s.EmbedRequest, body), limit=limit)
     if model.task is Task.RERANK:
         items, _, headers = await rerank_items(model, parse(s.RerankRequest, body), limit=limit)
@@ -281,21 +305,4 @@ async def embed_sparse(req: s.EmbedRequest, engines: EnginesDep, settings: Setti
     model = engines.select(Task.EMBED, req.model)
     if not model.spec.splade:
         raise _no_outputs(model, wanted="/embed_sparse (SPLADE sparse vectors)")
-    texts, id_rows = shaping.split_inputs(req.inputs, limit=settings.max_client_batch_size)
-    if id_rows:
-        by_id = await model.embed_ids(
-            id_rows,
-            normalize=False,
-            truncate=req.truncate,
-            direction=req.truncation_direction,
-            prompt_name=req.prompt_name,
-        )
-        return JSON(shaping.sparse(by_id.rows), headers=_headers(by_id, []))
-    result = await model.embed(
-        texts,
-        normalize=False,
-        truncate=req.truncate,
-        direction=req.truncation_direction,
-        prompt_name=req.prompt_name,
-    )
-    return JSON(shaping.sparse(result.rows), headers=_headers(result, texts))
+    return await sparse_rows(model, req, limit=settings.max_client_batch_size)
