@@ -1,5 +1,5 @@
-"""SPLADE through the whole app on torch: TEI's `/embed_sparse`, `/embed` and `POST /` answers,
-against sentence-transformers' `SparseEncoder` on the same weights."""
+"""SPLADE and Dense models through the whole app on torch: TEI's `/embed_sparse`, `/embed` and
+`POST /` answers against sentence-transformers' `SparseEncoder`, and what `/info` says."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ember.bench.tiny_families import FAMILY_MAX_LENGTH, reference_sparse
+from ember.bench.tiny_families import FAMILIES, FAMILY_MAX_LENGTH, reference_sparse
 from tests.conftest import running_app
 
 pytestmark = pytest.mark.anyio
@@ -39,3 +39,21 @@ async def test_splade_routes_answer_as_tei(tiny_families: dict[str, Path]) -> No
         assert np.abs(np.array(dense.json()) - expected).max() <= 1e-4
         info = (await client.get("/info")).json()["models"][0]
         assert (info["pooling"], info["dimension"]) == ("splade-max", expected.shape[1])
+        assert info["dense"] is None
+
+
+async def test_info_names_the_dense_modules(tiny_families: dict[str, Path]) -> None:
+    async with running_app(
+        None, model=[str(tiny_families["bert-dense"])], backend="torch", device="cpu", threads=1
+    ) as (_app, client):
+        info = (await client.get("/info")).json()["models"][0]
+        (dense,) = info["dense"]
+        width = FAMILIES["bert-dense"].dense
+        assert (dense["folder"], dense["out_features"], dense["activation"]) == (
+            "2_Dense",
+            width,
+            "Tanh",
+        )
+        assert info["dimension"] == width
+        r = await client.post("/embed", json={"inputs": ["a", "b"]})
+        assert np.array(r.json()).shape == (2, width)

@@ -329,7 +329,6 @@ class TorchBackend:
             "family": self.spec.model_type,
             "architecture": self.spec.architecture,
             "attention": self.attention,
-            "dense": [layer.to_dict() for layer in self.spec.dense] or None,
         }
         if self.device.startswith("cuda"):
             out["sdpa_cudnn"] = self.sdpa_cudnn

@@ -345,6 +345,7 @@ class ModelEngine:
             "max_input_length": self.spec.max_length,
             "pooling": self.spec.pooling if self.task is Task.EMBED else None,
             "dimension": self.spec.dimension,
+            "dense": [layer.to_dict() for layer in self.spec.dense] or None,
             "labels": list(self.spec.labels) or None,
             "buckets": None,
             "load_seconds": self.load_seconds,
