@@ -160,7 +160,7 @@ def _prepare_cuda(settings: Settings, source: str) -> int:
     from ember.models import inspect_model
 
     try:
-        spec = inspect_model(source, pooling=settings.pooling)
+        spec = inspect_model(source, pooling=settings.pooling, dense_path=settings.dense_path)
         backend = resolve_backend(settings, "cuda", spec)
         if backend != "cupy":
             print(f"ember: {spec.name} is served by {backend} on CUDA: nothing to prepare")

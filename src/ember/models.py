@@ -15,10 +15,46 @@ from ember.errors import ModelError
 from ember.manifest import MANIFEST_NAME, load_manifest
 from ember.tasks import Task
 
-__all__ = ["BUILTIN", "BUILTIN_NAME", "ModelSpec", "Task", "inspect_model", "resolve_path"]
+__all__ = [
+    "BUILTIN",
+    "BUILTIN_NAME",
+    "DenseLayer",
+    "ModelSpec",
+    "Task",
+    "inspect_model",
+    "resolve_path",
+]
 
 BUILTIN = "builtin"
 BUILTIN_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+DENSE_ACTIVATIONS = ("Identity", "Tanh", "ReLU", "GELU", "Sigmoid", "SiLU")
+"""Activations of a sentence-transformers `Dense` module that the backends reproduce."""
+SPLADE_POOLINGS = ("splade-max", "splade-sum")
+"""SPLADE pooling over tokens: log(1 + relu(masked-LM logits)), then max or sum."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DenseLayer:
+    """One sentence-transformers `Dense` module after pooling: activation(x W^T + b)."""
+
+    folder: Path
+    """The module's folder (its weights are `model.safetensors` or `pytorch_model.bin`)."""
+    in_features: int
+    out_features: int
+    bias: bool = True
+    activation: str = "Tanh"
+    """The torch.nn class name, one of DENSE_ACTIVATIONS."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "folder": self.folder.name,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias,
+            "activation": self.activation,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,10 +83,17 @@ class ModelSpec:
     """The prompt sentence-transformers applies when none is named."""
     onnx_artifact: bool = False
     """The folder is an `ember prepare` artifact rather than a source model."""
+    dense: tuple[DenseLayer, ...] = ()
+    """Dense modules applied after pooling and before Normalize, in order."""
 
     @property
     def tokenizer_file(self) -> Path:
         return self.path / "tokenizer.json"
+
+    @property
+    def splade(self) -> bool:
+        """Masked-LM logits pooled to one weight per vocabulary id (a sparse vector)."""
+        return self.pooling in SPLADE_POOLINGS
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -193,11 +236,53 @@ def _pooling_mode(path: Path, cfg: dict[str, Any]) -> str:
     return modes[0]
 
 
-def _sentence_transformers_layout(path: Path) -> tuple[str | None, bool, int | None]:
-    """(pooling, normalize, dimension) from modules.json, or Nones for a plain folder."""
+@dataclass(frozen=True, kw_only=True)
+class _Layout:
+    """What modules.json says: pooling, Normalize, the pooled width and Dense modules."""
+
+    pooling: str | None = None
+    normalize: bool = False
+    dimension: int | None = None
+    dense: tuple[DenseLayer, ...] = ()
+
+
+def _dense_layer(path: Path, folder: Path) -> DenseLayer:
+    """The Dense module in `folder`, read from its config; what ember cannot run is refused."""
+    cfg = _read_json(folder / "config.json")
+    activation = str(cfg.get("activation_function", "torch.nn.modules.activation.Tanh"))
+    name = activation.rsplit(".", 1)[-1]
+    if name not in DENSE_ACTIVATIONS:
+        raise ModelError(f"{path}: the Dense activation {activation!r} is not supported")
+    if not any((folder / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
+        raise ModelError(f"{folder} has no model.safetensors or pytorch_model.bin")
+    try:
+        return DenseLayer(
+            folder=folder,
+            in_features=int(cfg["in_features"]),
+            out_features=int(cfg["out_features"]),
+            bias=bool(cfg.get("bias", True)),
+            activation=name,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{folder}/config.json: a Dense config needs in/out_features") from exc
+
+
+def _splade_pooling(path: Path, cfg: dict[str, Any]) -> str:
+    strategy = str(cfg.get("pooling_strategy", "max"))
+    activation = str(cfg.get("activation_function", "relu"))
+    if f"splade-{strategy}" not in SPLADE_POOLINGS or activation != "relu":
+        raise ModelError(f"{path}: SPLADE pooling {strategy}/{activation} is not supported")
+    return f"splade-{strategy}"
+
+
+def _sentence_transformers_layout(path: Path, *, dense_path: str | None = None) -> _Layout:
+    """The modules of a sentence-transformers folder; an empty layout for a plain folder.
+
+    `dense_path` (TEI's `--dense-path`) replaces the Dense module(s) by the one in that folder,
+    e.g. `2_Dense_1024` of stella_en_*_v5."""
     modules_file = path / "modules.json"
     if not modules_file.is_file():
-        return None, False, None
+        return _Layout()
     try:
         modules = json.loads(modules_file.read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -207,12 +292,13 @@ def _sentence_transformers_layout(path: Path) -> tuple[str | None, bool, int | N
     pooling: str | None = None
     normalize = False
     dimension: int | None = None
+    dense: list[DenseLayer] = []
     for module in modules:
         kind = str(module.get("type", ""))
         if kind.endswith("SpladePooling"):
-            # Read as a Pooling config it looks like mean pooling: wrong vectors, no error.
-            raise ModelError(f"{path}: SPLADE (sparse) models are not supported yet")
-        if kind.endswith("Pooling"):
+            cfg = _read_json(path / module.get("path", "") / "config.json")
+            pooling = _splade_pooling(path, cfg)
+        elif kind.endswith("Pooling"):
             cfg = _read_json(path / module.get("path", "") / "config.json")
             found = cfg.get("embedding_dimension", cfg.get("word_embedding_dimension"))
             dimension = found if isinstance(found, int) else None
@@ -220,11 +306,19 @@ def _sentence_transformers_layout(path: Path) -> tuple[str | None, bool, int | N
         elif kind.endswith("Normalize"):
             normalize = True
         elif kind.endswith("Dense"):
-            raise ModelError(f"{path}: Dense modules after pooling are not supported yet")
+            if normalize or pooling is None:
+                raise ModelError(f"{path}: a Dense module is supported only after pooling")
+            dense.append(_dense_layer(path, path / str(module.get("path", ""))))
         elif not kind.endswith("Transformer"):
             # Any other module changes the vectors; serving without it would be silently wrong.
             raise ModelError(f"{path}: the sentence-transformers module {kind!r} is not supported")
-    return pooling, normalize, dimension
+    if dense_path:
+        if not dense:
+            raise ModelError(f"{path}: --dense-path given but the model has no Dense module")
+        dense = [_dense_layer(path, path / dense_path)]
+    if dense:
+        dimension = dense[-1].out_features
+    return _Layout(pooling=pooling, normalize=normalize, dimension=dimension, dense=tuple(dense))
 
 
 def _max_length(path: Path, config: dict[str, Any]) -> int:
@@ -256,13 +350,20 @@ def inspect_model(
     name: str | None = None,
     pooling: str | None = None,
     max_input_length: int | None = None,
+    dense_path: str | None = None,
 ) -> ModelSpec:
     """Resolve `source` and read its task and limits from its config files.
 
     Errors name the served `name` when one is given, so that among several models the one that
     failed is plain."""
     try:
-        return _inspect(source, name=name, pooling=pooling, max_input_length=max_input_length)
+        return _inspect(
+            source,
+            name=name,
+            pooling=pooling,
+            max_input_length=max_input_length,
+            dense_path=dense_path,
+        )
     except ModelError as exc:
         if name is None:
             raise
@@ -270,7 +371,12 @@ def inspect_model(
 
 
 def _inspect(
-    source: str, *, name: str | None, pooling: str | None, max_input_length: int | None
+    source: str,
+    *,
+    name: str | None,
+    pooling: str | None,
+    max_input_length: int | None,
+    dense_path: str | None,
 ) -> ModelSpec:
     path = resolve_path(source)
     if (path / MANIFEST_NAME).is_file():
@@ -279,7 +385,11 @@ def _inspect(
     if not (path / "tokenizer.json").is_file():
         raise ModelError(f"{path} has no tokenizer.json (a fast tokenizer file is required)")
     task, labels = _detect_task(path, config)
-    st_pooling, normalize, dimension = _sentence_transformers_layout(path)
+    layout = _sentence_transformers_layout(path, dense_path=dense_path)
+    dimension = layout.dimension
+    if layout.pooling in SPLADE_POOLINGS:
+        # One weight per vocabulary id.
+        dimension = int(config.get("vocab_size", 0)) or None
     max_length = _max_length(path, config)
     if max_input_length is not None:
         max_length = min(max_length, max_input_length)
@@ -300,8 +410,8 @@ def _inspect(
         path=path,
         task=task,
         max_length=max_length,
-        pooling=st_pooling or pooling or "mean",
-        normalize=normalize,
+        pooling=layout.pooling or pooling or "mean",
+        normalize=layout.normalize,
         dimension=(dimension or hidden or None) if task is Task.EMBED else len(labels),
         labels=labels,
         architecture=str((config.get("architectures") or [""])[0]),
@@ -309,6 +419,7 @@ def _inspect(
         hidden_size=hidden,
         prompts=prompts,
         default_prompt_name=default_prompt_name,
+        dense=layout.dense,
     )
 
 

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     name responses carry, the others are aliases; default: derived from the model source."""
     pooling: Pooling | None = None
     """Pooling for plain transformers folders (sentence-transformers folders carry their own)."""
+    dense_path: str | None = None
+    """The Dense module folder to apply after pooling (TEI's `--dense-path`, e.g. `2_Dense_1024`
+    of stella_en_*_v5) in place of those modules.json lists; default: modules.json's order."""
     device: Device = "auto"
     """Where to run: cuda when available under `auto`."""
     dtype: DType = "auto"

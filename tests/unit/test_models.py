@@ -288,16 +288,23 @@ def test_unsupported_pipelines_are_refused_naming_the_folder(tmp_path: Path) -> 
     with pytest.raises(ModelError, match="mean_sqrt_len") as info:
         inspect_model(str(sqrt))
     assert str(sqrt) in info.value.message
-    dense_layout = st_layout({"pooling_mode_mean_tokens": True})
+    dense_layout = st_layout({"pooling_mode_mean_tokens": True}, normalize=False)
     modules = dense_layout["modules.json"]
     assert isinstance(modules, list)
     modules.append(
         {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
     )
     dense = make_model(tmp_path / "dense", files=dense_layout)
-    with pytest.raises(ModelError, match="Dense") as info:
+    # A Dense module without its config is refused, never skipped (the vectors would be wrong).
+    with pytest.raises(ModelError, match="3_Dense") as info:
         inspect_model(str(dense))
     assert str(dense) in info.value.message
+    write_json(
+        dense / "3_Dense" / "config.json",
+        {"in_features": 8, "out_features": 4, "activation_function": "acme.Swish"},
+    )
+    with pytest.raises(ModelError, match=r"acme\.Swish"):
+        inspect_model(str(dense))
 
 
 def test_missing_pooling_config_names_the_file(tmp_path: Path) -> None:
@@ -601,3 +608,40 @@ def test_the_stat_digest_follows_names_sizes_and_mtimes_but_not_docs(tmp_path: P
     stat = config.stat()
     os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert folder_digest(folder, content=False) != before
+
+
+def _two_dense_model(tmp_path: Path) -> Path:
+    """A stella-shaped folder: modules.json lists 2_Dense; 2_Dense_16 is the other choice."""
+    layout = st_layout({"pooling_mode_mean_tokens": True}, normalize=False)
+    modules = layout["modules.json"]
+    assert isinstance(modules, list)
+    modules.append(
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    )
+    folder = make_model(tmp_path / "stella", files=layout)
+    for name, out in (("2_Dense", 8), ("2_Dense_16", 16)):
+        write_json(
+            folder / name / "config.json",
+            {
+                "in_features": 32,
+                "out_features": out,
+                "bias": False,
+                "activation_function": "x.y.Identity",
+            },
+        )
+        (folder / name / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_dense_modules_set_the_width_and_dense_path_picks_one(tmp_path: Path) -> None:
+    folder = _two_dense_model(tmp_path)
+    spec = inspect_model(str(folder))
+    assert [(d.folder.name, d.out_features, d.bias, d.activation) for d in spec.dense] == [
+        ("2_Dense", 8, False, "Identity")
+    ]
+    assert spec.dimension == 8
+    chosen = inspect_model(str(folder), dense_path="2_Dense_16")
+    assert [d.folder.name for d in chosen.dense] == ["2_Dense_16"]
+    assert chosen.dimension == 16
+    with pytest.raises(ModelError, match="2_Dense_99"):
+        inspect_model(str(folder), dense_path="2_Dense_99")

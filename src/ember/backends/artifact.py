@@ -82,6 +82,8 @@ def artifact_key(spec: ModelSpec, options: Options) -> str:
         "pooling": spec.pooling if spec.task is Task.EMBED else None,
         "options": options.to_dict(),
     }
+    if spec.dense:  # only then, so that other models keep their cached artifacts
+        parts["dense"] = [layer.folder.name for layer in spec.dense]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -252,7 +254,7 @@ def prepare_main(
     error otherwise.
     """
     try:
-        spec = inspect_model(source, pooling=settings.pooling)
+        spec = inspect_model(source, pooling=settings.pooling, dense_path=settings.dense_path)
         if spec.onnx_artifact:
             raise ModelError(f"{spec.path} is already a prepared artifact; serve it as it is")
         options = options_from(settings, optimize)

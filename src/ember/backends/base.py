@@ -57,8 +57,13 @@ TORCH_CPU_SEQ = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 def output_width(spec: ModelSpec) -> int:
-    """Columns a backend returns for `spec`: the pooled width (embed) or one per label."""
+    """Columns a backend returns for `spec`: the pooled width (embed: the last Dense module's
+    out_features, the vocabulary for SPLADE, else the hidden size) or one per label."""
     if spec.task is Task.EMBED:
+        if spec.dense:
+            return spec.dense[-1].out_features
+        if spec.splade:
+            return int(spec.dimension or 0)
         return int(spec.hidden_size or spec.dimension or 0)
     return max(len(spec.labels), 1)
 

@@ -72,6 +72,8 @@ def unsupported(spec: ModelSpec, settings: Settings) -> str | None:
         return f"hidden size over {MAX_HIDDEN}"
     if spec.task is Task.EMBED and spec.pooling not in POOLING:
         return f"pooling {spec.pooling}"
+    if spec.dense:
+        return "Dense modules after pooling"
     dtypes = _safetensors_dtypes(spec.path / "model.safetensors")
     if not dtypes <= {"F32", "F16", "I64"}:
         return f"weights stored as {sorted(dtypes)}"

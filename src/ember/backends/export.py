@@ -191,12 +191,14 @@ def _load_wrapper(spec: ModelSpec) -> tuple[torch.nn.Module, list[str]]:
     import inspect
 
     import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from ember.backends.torch_backend import pool
+    from ember.backends.torch_backend import dense_head, pool, splade_pool
 
-    cls = AutoModel if spec.task is Task.EMBED else AutoModelForSequenceClassification
+    cls: Any = AutoModel if spec.task is Task.EMBED else AutoModelForSequenceClassification
+    if spec.splade:
+        cls = AutoModelForMaskedLM
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
@@ -213,17 +215,23 @@ def _load_wrapper(spec: ModelSpec) -> tuple[torch.nn.Module, list[str]]:
     takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if takes_types else [])
     embed, method = spec.task is Task.EMBED, spec.pooling
+    # Dense modules after pooling, and SPLADE pooling of the masked-LM logits, go in the graph.
+    head = dense_head(spec, device="cpu", dtype=torch.float32)
 
     class Wrapper(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
+            self.head = head
 
         def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
             kwargs = dict(zip(names, inputs, strict=True))
             out = self.model(**kwargs)
+            if spec.splade:
+                return splade_pool(out.logits, kwargs["attention_mask"], method)
             if embed:
-                return pool(out.last_hidden_state, kwargs["attention_mask"], method)
+                pooled = pool(out.last_hidden_state, kwargs["attention_mask"], method)
+                return pooled if self.head is None else self.head(pooled)
             logits: torch.Tensor = out.logits
             return logits.float()
 

@@ -53,10 +53,6 @@ class OnnxBackend:
         self.manifest = manifest
         self.threads = threads
         self.level = serving_level(manifest.options.optimize)
-        width = manifest.hidden_size if manifest.task is Task.EMBED else len(manifest.labels)
-        self.capabilities = Capabilities(
-            device="cpu", lengths="exact", warm="cover", output_width=max(width, 1)
-        )
         model = artifact / MODEL_FILE
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-hash") as pool:
             hashed = pool.submit(verify_model_hash, artifact, manifest)
@@ -68,7 +64,15 @@ class OnnxBackend:
             hashed.result()
         self._session: ort.InferenceSession | None = session
         self._inputs = tuple(str(i.name) for i in session.get_inputs())
-        self._output = str(session.get_outputs()[0].name)
+        output = session.get_outputs()[0]
+        self._output = str(output.name)
+        # The graph's own output width: Dense modules and SPLADE pooling are inside it.
+        width = output.shape[1] if len(output.shape) == 2 else None
+        if not isinstance(width, int):
+            width = manifest.hidden_size if manifest.task is Task.EMBED else len(manifest.labels)
+        self.capabilities = Capabilities(
+            device="cpu", lengths="exact", warm="cover", output_width=max(width, 1)
+        )
         unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
             raise ModelError(f"{model} takes inputs ember cannot feed: {sorted(unknown)}")

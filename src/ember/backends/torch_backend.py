@@ -13,6 +13,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,9 +39,11 @@ __all__ = [
     "DeviceOutOfMemory",
     "TorchBackend",
     "attention_implementation",
+    "dense_head",
     "pick_device",
     "pick_dtype",
     "pool",
+    "splade_pool",
 ]
 
 log = logging.getLogger("ember.backends.torch")
@@ -81,6 +84,48 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
     return summed / counts
 
 
+def splade_pool(logits: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
+    """sentence-transformers' SpladePooling: log(1 + relu(logits)) over real tokens, max or sum
+    per vocabulary id; float32 (rows, vocab)."""
+    import torch
+
+    weights = torch.log1p(torch.relu(logits.float())) * mask.unsqueeze(-1).float()
+    return weights.amax(dim=1) if method == "splade-max" else weights.sum(dim=1)
+
+
+def dense_head(spec: ModelSpec, *, device: str, dtype: torch.dtype) -> torch.nn.Module | None:
+    """The model's Dense modules as one torch module (Linear, activation, ...), or None."""
+    import torch
+
+    if not spec.dense:
+        return None
+    layers: list[torch.nn.Module] = []
+    for layer in spec.dense:
+        linear = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
+        weights = _dense_weights(layer.folder)
+        try:
+            linear.load_state_dict(
+                {k.removeprefix("linear."): v for k, v in weights.items() if "linear." in k}
+            )
+        except RuntimeError as exc:
+            raise ModelError(f"{layer.folder}: Dense weights do not fit its config: {exc}") from exc
+        layers += [linear, getattr(torch.nn, layer.activation)()]
+    return torch.nn.Sequential(*layers).to(device=device, dtype=dtype).eval()
+
+
+def _dense_weights(folder: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "model.safetensors"))
+    loaded: dict[str, torch.Tensor] = torch.load(
+        str(folder / "pytorch_model.bin"), map_location="cpu", weights_only=True
+    )
+    return loaded
+
+
 def attention_implementation(auto_class: Any, config: Any) -> str:
     """`sdpa` if the transformers class `auto_class` picks for `config` supports SDPA, else
     `eager` (MPNet, DeBERTa-v2: transformers refuses SDPA for them rather than falling back)."""
@@ -107,6 +152,17 @@ def _without_cudnn_attention(forward: Forward) -> Forward:
             return forward(ids, mask, types)
 
     return wrapped
+
+
+def _then(forward: Forward, head: torch.nn.Module) -> Forward:
+    """`forward` followed by `head` (Dense modules after pooling)."""
+
+    def chained(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        pooled = forward(ids, mask, types)
+        out: torch.Tensor = head(pooled.to(next(head.parameters()).dtype))
+        return out
+
+    return chained
 
 
 class TorchBackend:
@@ -139,10 +195,14 @@ class TorchBackend:
         # ember's own encoder uses SDPA; transformers models say what they got when loaded.
         self.attention = "sdpa"
         forward: Forward | None = None
-        if native:
+        # ember's encoder has no masked-LM head: SPLADE goes through transformers.
+        if native and not spec.splade:
             forward = self._load_native()
         if forward is None:
             forward = self._load_transformers()
+        head = dense_head(spec, device=self.device, dtype=self.dtype)
+        if head is not None:
+            forward = _then(forward, head)
         self._runner: GraphRunner | None = None
         if self.device.startswith("cuda"):
             use_short_gil_switch()
@@ -196,10 +256,17 @@ class TorchBackend:
         return logits
 
     def _load_transformers(self) -> Forward:
-        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+        from transformers import (
+            AutoConfig,
+            AutoModel,
+            AutoModelForMaskedLM,
+            AutoModelForSequenceClassification,
+        )
 
         spec = self.spec
-        cls = AutoModel if spec.task is Task.EMBED else AutoModelForSequenceClassification
+        cls: Any = AutoModel if spec.task is Task.EMBED else AutoModelForSequenceClassification
+        if spec.splade:
+            cls = AutoModelForMaskedLM
         try:
             config = AutoConfig.from_pretrained(str(spec.path), local_files_only=True)
             self.attention = attention_implementation(cls, config)
@@ -218,13 +285,15 @@ class TorchBackend:
         self.attention = str(getattr(model.config, "_attn_implementation", None) or self.attention)
         takes_type_ids = "token_type_ids" in inspect.signature(model.forward).parameters
         method = spec.pooling
-        embed = spec.task is Task.EMBED
+        embed, splade = spec.task is Task.EMBED, spec.splade
 
         def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
             kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
             if takes_type_ids:
                 kwargs["token_type_ids"] = types
             out = model(**kwargs)
+            if splade:
+                return splade_pool(out.logits, mask, method)
             if embed:
                 return pool(out.last_hidden_state, mask, method)
             result: torch.Tensor = out.logits.float()

@@ -252,6 +252,7 @@ class ModelEngine:
         prompt_name: str | None = None,
     ) -> Result:
         self.require(Task.EMBED)
+        self._check_normalize(normalize)
         texts = postprocess.with_prompt(
             texts, prompts=self.spec.prompts, name=prompt_name or self.spec.default_prompt_name
         )
@@ -273,6 +274,7 @@ class ModelEngine:
     ) -> Result:
         """`embed` for token-id inputs (OpenAI's and TEI's `list[int]` forms)."""
         self.require(Task.EMBED)
+        self._check_normalize(normalize)
         if prompt_name is not None:
             raise InvalidInput("`prompt_name` applies to text; token-id inputs are used as given")
         postprocess.check_dimensions(dimensions, self.width)
@@ -323,6 +325,14 @@ class ModelEngine:
         out = postprocess.class_scores(result.rows, raw=raw_scores)
         return Result(rows=out, tokens=result.tokens, timings=result.timings)
 
+    def _check_normalize(self, normalize: bool) -> None:
+        """TEI's rule: a SPLADE vector is never L2-normalised (424 on `normalize=true`)."""
+        if normalize and self.spec.splade:
+            raise WrongTask(
+                "`normalize` is not available for SPLADE models: use /embed_sparse, or "
+                "/embed with normalize=false for the dense vocabulary-sized vector"
+            )
+
     def _truncate(self, truncate: bool | None) -> bool:
         return self.settings.auto_truncate if truncate is None else truncate
 
@@ -335,6 +345,7 @@ class ModelEngine:
             "max_input_length": self.spec.max_length,
             "pooling": self.spec.pooling if self.task is Task.EMBED else None,
             "dimension": self.spec.dimension,
+            "dense": [layer.to_dict() for layer in self.spec.dense] or None,
             "labels": list(self.spec.labels) or None,
             "buckets": None,
             "load_seconds": self.load_seconds,

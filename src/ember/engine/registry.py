@@ -47,6 +47,7 @@ def resolve_specs(settings: Settings) -> list[ModelSpec]:
                 name=name,
                 pooling=settings.pooling,
                 max_input_length=settings.max_input_length,
+                dense_path=settings.dense_path,
             )
         )
     names = [s.name for s in specs]

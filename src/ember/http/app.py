@@ -102,7 +102,8 @@ async def warm_http(app: ASGIApp, engines: Engines) -> float:
     planned shape, so small payloads suffice. Returns the seconds spent."""
     started = time.perf_counter()
     for model in engines.models:
-        for path, body in table.warm_calls(model.task, model.spec.name):
+        calls = table.warm_calls(model.task, model.spec.name, sparse=model.spec.splade)
+        for path, body in calls:
             status = await _asgi_post(app, path, body, engines)
             if status != 200:
                 raise RuntimeError(f"HTTP warm-up {path} for {model.spec.name} answered {status}")

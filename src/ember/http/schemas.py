@@ -84,6 +84,13 @@ class RerankRequest(_Request):
     _direction = field_validator("truncation_direction", mode="before")(_lower_direction)
 
 
+class SparseValue(TypedDict):
+    """One non-zero entry of a SPLADE vector (TEI's `SparseValue`)."""
+
+    index: int
+    value: float
+
+
 class RankItem(TypedDict):
     index: int
     score: float

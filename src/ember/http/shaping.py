@@ -114,6 +114,18 @@ def embeddings(rows: FloatArray) -> FloatArray:
     return np.ascontiguousarray(rows, dtype=np.float32)
 
 
+def sparse(rows: FloatArray) -> list[list[s.SparseValue]]:
+    """TEI's `/embed_sparse` answer: per row, its non-zero entries by ascending index."""
+    out: list[list[s.SparseValue]] = []
+    for row in rows:
+        (nonzero,) = np.nonzero(row)
+        values = row[nonzero].tolist()
+        out.append(
+            [{"index": int(i), "value": v} for i, v in zip(nonzero.tolist(), values, strict=True)]
+        )
+    return out
+
+
 def ranked(scores: FloatArray, texts: Sequence[str], *, return_text: bool) -> list[s.RankItem]:
     """TEI's rerank answer: one item per text, best score first (stable on ties)."""
     order = np.argsort(-scores, kind="stable")

@@ -78,7 +78,13 @@ SIMILARITY = Route(
     warm=({"inputs": {"source_sentence": WARM_SHORT, "sentences": _PAIR}},),
 )
 EMBED_ALL = Route(path="/embed_all", family="tei", task=Task.EMBED, inference=True)
-EMBED_SPARSE = Route(path="/embed_sparse", family="tei", task=Task.EMBED, inference=True)
+EMBED_SPARSE = Route(
+    path="/embed_sparse",
+    family="tei",
+    task=Task.EMBED,
+    inference=True,
+    warm=({"inputs": WARM_SHORT}, {"inputs": _PAIR}),
+)
 
 V1_EMBEDDINGS = Route(
     path="/v1/embeddings",
@@ -167,6 +173,11 @@ def openai_shaped(path: str) -> bool:
     return _FAMILY.get(path) == "openai" or path.startswith("/v1/")
 
 
-def warm_calls(task: Task, model: str) -> list[tuple[str, dict[str, Any]]]:
-    """(path, body) for every warm-up request of a model serving `task`."""
-    return [(r.path, {**body, "model": model}) for r in ROUTES if r.task is task for body in r.warm]
+def warm_calls(task: Task, model: str, *, sparse: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """(path, body) for every warm-up request of a model serving `task`; a SPLADE (`sparse`)
+    model warms `/embed_sparse` only (its normalising embed routes answer 424, as TEI's)."""
+    if sparse:
+        routes = [EMBED_SPARSE]
+    else:
+        routes = [r for r in ROUTES if r.task is task and r is not EMBED_SPARSE]
+    return [(r.path, {**body, "model": model}) for r in routes for body in r.warm]

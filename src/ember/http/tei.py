@@ -76,6 +76,28 @@ async def embed_rows(model: ModelEngine, req: s.EmbedRequest, *, limit: int) -> 
     return JSON(shaping.embeddings(result.rows), headers=_headers(result, texts))
 
 
+async def sparse_rows(model: ModelEngine, req: s.EmbedRequest, *, limit: int) -> Response:
+    """A SPLADE model's vectors as TEI's `/embed_sparse` answers them: non-zero entries only."""
+    texts, id_rows = shaping.split_inputs(req.inputs, limit=limit)
+    if id_rows:
+        by_id = await model.embed_ids(
+            id_rows,
+            normalize=False,
+            truncate=req.truncate,
+            direction=req.truncation_direction,
+            prompt_name=req.prompt_name,
+        )
+        return JSON(shaping.sparse(by_id.rows), headers=_headers(by_id, []))
+    result = await model.embed(
+        texts,
+        normalize=False,
+        truncate=req.truncate,
+        direction=req.truncation_direction,
+        prompt_name=req.prompt_name,
+    )
+    return JSON(shaping.sparse(result.rows), headers=_headers(result, texts))
+
+
 async def rerank_items(
     model: ModelEngine, req: s.RerankRequest, *, limit: int
 ) -> tuple[list[s.RankItem], int, dict[str, str]]:
@@ -210,6 +232,8 @@ async def dispatch(body: dict[str, Any], engines: EnginesDep, settings: Settings
         # huggingface_hub's `sentence_similarity` sends to a bare endpoint URL.
         if isinstance(body.get("inputs"), dict):
             return await similarity_scores(model, parse(s.SimilarityRequest, body), limit=limit)
+        if model.spec.splade:  # TEI serves `/embed_sparse` at `POST /` for SPLADE models
+            return await sparse_rows(model, parse(s.EmbedRequest, body), limit=limit)
         return await embed_rows(model, parse(s.EmbedRequest, body), limit=limit)
     if model.task is Task.RERANK:
         items, _, headers = await rerank_items(model, parse(s.RerankRequest, body), limit=limit)
@@ -304,8 +328,10 @@ async def embed_all(req: s.EmbedRequest, engines: EnginesDep) -> Response:
     )
 
 
-@on(router, table.EMBED_SPARSE, response_model=list[list[dict[str, float]]])
-async def embed_sparse(req: s.EmbedRequest, engines: EnginesDep) -> Response:
-    """SPLADE vectors: answered 424 until a backend returns SPLADE outputs."""
+@on(router, table.EMBED_SPARSE, response_model=list[list[s.SparseValue]])
+async def embed_sparse(req: s.EmbedRequest, engines: EnginesDep, settings: SettingsDep) -> Response:
+    """SPLADE vectors, non-zero entries only; 424 for a model without SPLADE pooling (TEI)."""
     model = engines.select(Task.EMBED, req.model)
-    raise _no_outputs(model, wanted="/embed_sparse (SPLADE sparse vectors)")
+    if not model.spec.splade:
+        raise _no_outputs(model, wanted="/embed_sparse (SPLADE sparse vectors)")
+    return await sparse_rows(model, req, limit=settings.max_client_batch_size)

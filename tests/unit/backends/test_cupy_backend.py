@@ -104,6 +104,18 @@ def test_other_families_go_to_torch_on_cuda(
     assert loader.resolve_backend(Settings(), "cuda", spec) == "torch"
 
 
+def test_dense_and_splade_models_go_to_torch_on_cuda(
+    tiny_families: dict[str, Path], with_cupy: None
+) -> None:
+    # Both are BERT-shaped encoders, but the fast path has no Dense module or masked-LM head.
+    dense = inspect_model(str(tiny_families["bert-dense"]))
+    assert "Dense" in str(cupy_backend.unsupported(dense, Settings()))
+    splade = inspect_model(str(tiny_families["splade"]))
+    assert "splade" in str(cupy_backend.unsupported(splade, Settings()))
+    for spec in (dense, splade):
+        assert loader.resolve_backend(Settings(), "cuda", spec) == "torch"
+
+
 def test_without_cupy_cuda_serves_through_torch(
     builtin: ModelSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ember.backends.torch_backend import attention_implementation
+from ember.backends.base import Batch, output_width
+from ember.backends.torch_backend import TorchBackend, attention_implementation
 from ember.bench.tiny_families import (
     E5_PROMPTS,
     FAMILIES,
@@ -18,7 +19,6 @@ from ember.bench.tiny_families import (
     reference_sparse,
 )
 from ember.bench.tiny_models import reference_embeddings
-from ember.errors import ModelError
 from ember.models import Task, inspect_model
 
 TEXTS = [
@@ -65,23 +65,24 @@ def test_tokenizer_json_encodes_as_the_family_tokenizer(
     assert len(ours.encode("a", "b").ids) >= 3 or FAMILIES[name].model_type == "qwen3"
 
 
-UNSUPPORTED = {"bert-dense": "Dense modules", "splade": "SPLADE"}
-"""Families ember refuses today (issue 13), and the words its refusal names them by."""
-
-
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_ember_reads_each_family(tiny_families: dict[str, Path], name: str) -> None:
     family = FAMILIES[name]
-    if name in UNSUPPORTED:
-        # Refused with a reason, never served as something else (SPLADE read as a mean-pooled
-        # embedder was the silent failure).
-        with pytest.raises(ModelError, match=UNSUPPORTED[name]):
-            inspect_model(str(tiny_families[name]))
-        return
     spec = inspect_model(str(tiny_families[name]))
-    assert spec.task is Task(family.task)
     assert spec.model_type == family.model_type
     assert spec.max_length == FAMILY_MAX_LENGTH
+    if family.task == "sparse":
+        # Never read as a mean-pooled embedder (the silent failure SPLADE once was).
+        config = json.loads((tiny_families[name] / "config.json").read_text())
+        assert (spec.task, spec.pooling, spec.splade) == (Task.EMBED, "splade-max", True)
+        assert spec.dimension == output_width(spec) == config["vocab_size"]
+        return
+    assert spec.task is Task(family.task)
+    if family.dense:
+        (layer,) = spec.dense
+        assert (layer.in_features, layer.out_features) == (spec.hidden_size, family.dense)
+        assert (layer.activation, layer.bias, layer.folder.name) == ("Tanh", True, "2_Dense")
+        assert spec.dimension == output_width(spec) == family.dense
     if spec.task is Task.EMBED:
         assert spec.pooling == family.pooling
         assert spec.normalize is family.normalize
@@ -140,3 +141,38 @@ def test_attention_is_sdpa_where_the_family_supports_it(model_type: str, expecte
     assert attention_implementation(AutoModel, config) == expected
     if model_type != "qwen3":
         assert attention_implementation(AutoModelForSequenceClassification, config) == expected
+
+
+def _batch(path: Path, texts: list[str]) -> Batch:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tok.enable_truncation(FAMILY_MAX_LENGTH)
+    tok.enable_padding()
+    encs = tok.encode_batch(texts)
+    ids = np.array([e.ids for e in encs], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+    return Batch(
+        input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids), real_rows=len(texts)
+    )
+
+
+def test_torch_backend_applies_the_dense_module(tiny_families: dict[str, Path]) -> None:
+    path = tiny_families["bert-dense"]
+    spec = inspect_model(str(path))
+    backend = TorchBackend(spec=spec, device="cpu", threads=1)
+    got = backend.run(_batch(path, TEXTS))
+    expected = reference_embeddings(path, TEXTS, max_length=FAMILY_MAX_LENGTH)
+    assert got.shape == expected.shape == (len(TEXTS), FAMILIES["bert-dense"].dense)
+    unit = got / np.linalg.norm(got, axis=1, keepdims=True)
+    assert ((unit * expected).sum(axis=1) >= 0.9999).all()
+
+
+def test_torch_backend_pools_splade_like_sparse_encoder(tiny_families: dict[str, Path]) -> None:
+    path = tiny_families["splade"]
+    backend = TorchBackend(spec=inspect_model(str(path)), device="cpu", threads=1)
+    got = backend.run(_batch(path, TEXTS))
+    expected = reference_sparse(path, TEXTS, max_length=FAMILY_MAX_LENGTH)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-4
+    assert ((got > 0) == (expected > 0)).all()

@@ -135,3 +135,8 @@ def test_model_list() -> None:
     assert body["data"] == [
         {"id": "m", "object": "model", "created": 5, "owned_by": "ember", "task": "rerank"}
     ]
+
+
+def test_sparse_answers_non_zero_entries_in_tei_shape() -> None:
+    rows = np.array([[0.0, 1.5, 0.0, 0.25], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    assert shaping.sparse(rows) == [[{"index": 1, "value": 1.5}, {"index": 3, "value": 0.25}], []]

@@ -30,6 +30,12 @@ def test_every_task_route_has_a_warm_up_body_naming_the_model() -> None:
         calls = table.warm_calls(task, "m")
         assert calls, task
         assert all(body["model"] == "m" for _, body in calls)
+    # A SPLADE model warms the one embed route that does not normalise (TEI answers 424 there).
+    assert [path for path, _ in table.warm_calls(Task.EMBED, "m", sparse=True)] == [
+        "/embed_sparse",
+        "/embed_sparse",
+    ]
+    assert "/embed_sparse" not in {path for path, _ in table.warm_calls(Task.EMBED, "m")}
     tasks = table.route_tasks()
     assert tasks["/rerank"] == "rerank" and tasks["/"] == "embed"
     assert "/health" not in tasks
