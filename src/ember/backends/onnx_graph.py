@@ -55,6 +55,8 @@ def covers(spec: ModelSpec) -> EncoderConfig | None:
     """The encoder shape when `build_graph` can write `spec`'s graph, else None (torch export)."""
     if spec.task is Task.EMBED and spec.pooling not in POOLINGS:
         return None
+    if spec.dense:  # Dense modules after pooling: the torch export writes them into the graph
+        return None
     return supported(spec)
 
 
