@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-from tests import tiny_models
 from tests.unit.backends import families
 from tests.unit.backends.common import PAIRS, batch_of, cosines
 
+from ember.bench import tiny_models
 from ember.models import Task, inspect_model
 
 TEXTS = [
