@@ -32,6 +32,18 @@ def get(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
         return e.code, json.loads(e.read() or b"{}")
 
 
+def post_json(url: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
+    """POST JSON and return the decoded answer; any HTTP error fails the test with its body."""
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{url} → {e.code}: {e.read()[:500]!r}") from e
+
+
 class Server:
     def __init__(self, *args: str, env: dict[str, str] | None = None, log: Path) -> None:
         self.port = free_port()

@@ -22,6 +22,7 @@ import pytest
 
 from ember.bench.tiny_models import CLASSIFY_LABELS, build_classifier, build_reranker
 from tests.e2e.conftest import Server
+from tests.e2e.conftest import post_json as post
 
 pytestmark = [
     pytest.mark.e2e,
@@ -56,17 +57,6 @@ def _close_client_event_loops() -> Iterator[None]:
         loop = obj if issubclass(type(obj), asyncio.AbstractEventLoop) else None
         if loop is not None and not loop.is_running() and not loop.is_closed():
             loop.close()
-
-
-def post(url: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        raise AssertionError(f"{url} → {e.code}: {e.read()[:500]!r}") from e
 
 
 class Servers:

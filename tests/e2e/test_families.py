@@ -9,13 +9,9 @@ being ready, and strict xfail turns the fix into a failure here until the mark i
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +19,7 @@ import pytest
 from ember.bench.tiny_families import FAMILIES, FAMILY_MAX_LENGTH, Family, reference_sparse
 from ember.bench.tiny_models import CLASSIFY_LABELS, reference_embeddings, reference_logits
 from tests.e2e.conftest import Server, get
+from tests.e2e.conftest import post_json as post
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,17 +45,6 @@ COS_MIN = 0.9999
 SCORE_TOL = 1e-3
 SPARSE_TOL = 1e-4
 """SPLADE weights, per vocabulary id (indices and values)."""
-
-
-def post(url: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        raise AssertionError(f"{url} → {e.code}: {e.read()[:500]!r}") from e
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
