@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -26,8 +25,6 @@ from ember.models import Task
 router = APIRouter(tags=["TEI"], responses=TEI_ERRORS)
 
 _Body = TypeVar("_Body", bound=BaseModel)
-_INLINE_CHARS = 4096
-"""Up to this many characters, `/tokenize` runs inline: a thread hop costs more."""
 
 
 def parse(schema: type[_Body], body: dict[str, Any]) -> _Body:
@@ -255,13 +252,9 @@ async def tokenize(req: s.TokenizeRequest, engines: EnginesDep, settings: Settin
         raise NotReady(f"model {model.spec.name!r} is {model.lifecycle.stage.value}")
     texts = shaping.as_list(req.inputs, limit=settings.max_client_batch_size)
     shaping.check_unicode(texts)
-    tokenizer, special = model.tokenizer, req.add_special_tokens
-    if sum(map(len, texts)) <= _INLINE_CHARS:
-        encodings = tokenizer.tokenize(list(texts), add_special_tokens=special)
-    else:  # off the event loop, so probes and other requests keep answering
-        encodings = await asyncio.to_thread(
-            tokenizer.tokenize, list[Item](texts), add_special_tokens=special
-        )
+    # Admitted by work like inference, and off the event loop when large (a near-limit body
+    # stalled probes for 2 s), by the engine's tokenizer threads.
+    encodings = await model.tokenize(list[Item](texts), add_special_tokens=req.add_special_tokens)
     return JSON(shaping.tokens(encodings, texts))
 
 
