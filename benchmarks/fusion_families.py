@@ -31,7 +31,7 @@ import onnxruntime as ort
 from ember.backends.artifact import log_steps, prepare
 from ember.backends.ort_session import create_session, serving_level
 from ember.bench.tiny_families import FAMILIES, FAMILY_STD, family_config, family_tokenizer
-from ember.manifest import DEFAULT_OPTIMIZE, MODEL_FILE, Manifest, Options
+from ember.manifest import DEFAULT_OPTIMIZE, MODEL_FILE, Fusion, Manifest, Options
 from ember.models import inspect_model
 
 FAMILY_ROWS = {
@@ -84,7 +84,7 @@ def build(path: Path, family: str) -> Path:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from transformers import AutoModel
+    from transformers import AutoModel as _AutoModel
 
     row = FAMILIES[FAMILY_ROWS[family]]
     tokenizer = family_tokenizer(row.model_type)
@@ -93,10 +93,11 @@ def build(path: Path, family: str) -> Path:
     config = family_config(
         row.model_type, vocab_size=len(tokenizer), pad_token_id=pad, **sizes(row.model_type, pad)
     )
+    auto: Any = _AutoModel  # untyped in transformers
     torch.manual_seed(row.seed)
     weights = path / "transformers"
     weights.mkdir(parents=True)
-    AutoModel.from_config(config).save_pretrained(weights)
+    auto.from_config(config).save_pretrained(weights)
     tokenizer.save_pretrained(weights)
     modules: list[Any] = [
         Transformer(str(weights), max_seq_length=POSITIONS),
@@ -190,7 +191,9 @@ def measure(
             "unfused_ms": round(u_ms, 2),
             "unfused_over_fused": round(u_ms / f_ms, 3),
         }
-    record = variants["fused"][1].fusion
+    manifest = variants["fused"][1]
+    # None only in manifests written before the fusion record existed.
+    record = manifest.fusion or Fusion(fused=manifest.fused)
     return {
         "family": family,
         "model_type": spec.model_type,
