@@ -34,6 +34,8 @@ async def load(url: str, args: argparse.Namespace) -> tuple[list[float], dict[st
                 r = await client.post(url + path, json={"inputs": text})
                 key = f"{path} {r.status_code}"
                 statuses[key] = statuses.get(key, 0) + 1
+                if r.status_code == 429 and args.honor_retry_after:
+                    await asyncio.sleep(float(r.headers.get("retry-after", "1")))
 
     async def probe() -> None:
         async with httpx.AsyncClient(timeout=10) as client:
@@ -55,6 +57,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--chars", type=int, default=1_900_000)
+    ap.add_argument(
+        "--honor-retry-after",
+        action="store_true",
+        help="clients wait Retry-After on a 429 (without: they resend at once, an abusive load)",
+    )
     args = ap.parse_args()
     port = free_port()
     cmd = ".venv/bin/python -m ember serve --host 127.0.0.1 --port {port}"
@@ -65,6 +72,7 @@ def main() -> None:
     result = {
         "clients": args.clients,
         "chars": args.chars,
+        "honor_retry_after": args.honor_retry_after,
         "probes": len(probes),
         "probe_ms": {"p50": round(q[49], 2), "p99": round(q[98], 2), "max": round(max(probes), 2)},
         "statuses": statuses,
