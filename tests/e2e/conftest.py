@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,7 @@ from typing import Any
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ember.bench.process import free_port, spawn_server
 
 
 def get(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
@@ -62,13 +57,7 @@ class Server:
             *args,
         ]
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
+        self.proc = spawn_server(cmd, log=self._log, env={**os.environ, **(env or {})})
 
     def wait_health(self, timeout: float = 10.0) -> tuple[float, dict[str, Any]]:
         deadline = time.monotonic() + timeout
