@@ -176,30 +176,20 @@ def quantize(source: Path, dest: Path) -> None:
     with quiet(), ort_logs_quiet():
         try:
             quantize_dynamic(
-                # In memory: from a path, ORT's quantiser misreads an export's per-weight external
-                # files (what torch writes past 2 GB): the position ids came back as garbage.
-                onnx.load(str(source)),
+                str(source),
                 str(dest),
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 op_types_to_quantize=["MatMul", "Attention"],
-                # External only when large: an int8 graph with external data served from the
-                # raw export (--optimize 0) read its position ids as garbage (not understood yet).
-                use_external_data_format=_folder_bytes(source.parent) > QUANTIZE_EXTERNAL_ABOVE,
+                # External data always: one path for every size. The quantiser writes Constant
+                # values there too, which `externalize` carries over (`graph_tensors`).
+                use_external_data_format=True,
                 # ORT's shape inference cannot type the outputs of fused contrib ops; they are
                 # all float here. (Its "pre-processing" fixes that too, at 5 s more.)
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
         except Exception as exc:
             raise ModelError(f"int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
-
-
-QUANTIZE_EXTERNAL_ABOVE = 1 << 30
-"""Bytes of input graph above which the int8 graph is written with external data."""
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
 def save_optimized(source: Path, dest: Path, level: int) -> None:
@@ -228,7 +218,7 @@ def externalize(source: Path, dest: Path, *, consume: bool = False) -> None:
     model = onnx.load(str(source), load_external_data=False)
     offset = 0
     with (dest.parent / DATA_FILE).open("wb") as data:
-        for tensor in model.graph.initializer:
+        for tensor in graph_tensors(model.graph):
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 location, start, length = _external_ref(tensor, source.parent)
                 if length < DATA_MIN_BYTES:  # small: back inside the graph
@@ -254,6 +244,23 @@ def externalize(source: Path, dest: Path, *, consume: bool = False) -> None:
     onnx.save_model(model, str(dest))
     if consume:
         shutil.rmtree(source.parent)
+
+
+def graph_tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph holds: its initializers and the tensors in node attributes
+    (Constant's `value`), subgraphs included. ORT's quantiser writes Constant values as
+    external data too; left out, the int8 raw export's position ids (a Constant) pointed into
+    the new data file at another tensor's bytes, and came back as garbage."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from graph_tensors(sub)
 
 
 def _external_ref(tensor: Any, folder: Path) -> tuple[Path, int, int]:
