@@ -239,7 +239,7 @@ def externalize(source: Path, dest: Path, *, consume: bool = False) -> None:
                 data.write(raw)
                 del raw
                 tensor.ClearField("raw_data")
-            _point_to(tensor, offset=offset, length=length)
+            point_to(tensor, offset=offset, length=length)
             offset += length
     onnx.save_model(model, str(dest))
     if consume:
@@ -284,7 +284,7 @@ def _copy_range(source: Path, start: int, length: int, out: BinaryIO) -> None:
             left -= len(chunk)
 
 
-def _point_to(tensor: Any, *, offset: int, length: int) -> None:
+def point_to(tensor: Any, *, offset: int, length: int) -> None:
     """Make `tensor` refer to `length` bytes at `offset` of `DATA_FILE`."""
     import onnx
 
