@@ -278,7 +278,9 @@ def prepare_main(
                 )
             if manifest.fusion is not None and options.optimize > 0:
                 # Said, never swallowed: a failed fusion leaves a slower graph that still serves.
-                print(f"ember: {manifest.fusion.summary(manifest.model_type)}", file=sys.stderr)
+                print(
+                    f"ember: {manifest.fusion.summary(manifest.spec.model_type)}", file=sys.stderr
+                )
     except EmberError as exc:
         print(f"ember: error: {exc.message}", file=sys.stderr)
         return 1

@@ -414,6 +414,11 @@ def test_the_manifest_and_describe_record_which_fusions_applied(
     assert manifest.fusion.model_type is None
     assert manifest.fusion.ops["Attention"] == 2  # one per layer
     assert manifest.fusion.error is None
+    # What `ember prepare` prints: the fusions, not "onnxruntime has none".
+    assert manifest.fusion.summary("bert") == (
+        "transformer fusions (written fused from the weights): "
+        "Attention 2, BiasGelu 2, EmbedLayerNormalization 1"
+    )
     assert serve(tiny_artifact, settings).describe()["optimization"] == manifest.fusion.to_dict()
 
 
