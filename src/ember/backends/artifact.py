@@ -90,7 +90,9 @@ def artifact_key(spec: ModelSpec, options: Options) -> str:
 def cache_path(settings: Settings, spec: ModelSpec, options: Options) -> Path:
     """Where the artifact for `spec` with `options` lives in the cache."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", spec.name).strip("-.") or "model"
-    return settings.cache_dir / "onnx" / f"{slug}-{artifact_key(spec, options)}"
+    # Absolute: a fusion pass changes the working folder while it runs (graph_passes).
+    cache = settings.cache_dir.expanduser().absolute()
+    return cache / "onnx" / f"{slug}-{artifact_key(spec, options)}"
 
 
 # --- finding or building an artifact ---------------------------------------------------------
