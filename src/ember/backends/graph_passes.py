@@ -317,12 +317,13 @@ def _copy_range(source: Path, start: int, length: int, out: BinaryIO) -> None:
             left -= len(chunk)
 
 
-def point_to(tensor: Any, *, offset: int, length: int) -> None:
-    """Make `tensor` refer to `length` bytes at `offset` of `DATA_FILE`."""
+def point_to(tensor: Any, *, offset: int, length: int, location: str = DATA_FILE) -> None:
+    """Make `tensor` refer to `length` bytes at `offset` of `location` (a file beside the
+    graph; `DATA_FILE` unless said)."""
     import onnx
 
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", DATA_FILE), ("offset", offset), ("length", length)):
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, str(value)

@@ -602,3 +602,58 @@ def test_fusions_run_on_the_graph_without_its_weights(
         session = ort.InferenceSession(str(graphs[kind]), providers=["CPUExecutionProvider"])
         outputs.append(session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()}))
     np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+
+
+def test_large_embedding_tables_are_left_out_of_the_torch_export(
+    tiny_plain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's exporter copies every weight it serialises twice over: a large table is exported
+    as a few rows and given its real rows afterwards (forced here on the tiny model's
+    word-embedding table). The artifact still agrees with torch."""
+    from ember.backends import export_tables
+
+    attached: dict[str, tuple[int, ...]] = {}
+    real_attach = export_tables.attach_tables
+
+    def attach(graph: Path, tables: dict[str, Any]) -> None:
+        import onnx
+
+        (initializer,) = (
+            t
+            for t in onnx.load(str(graph), load_external_data=False).graph.initializer
+            if t.name in tables
+        )
+        attached[initializer.name] = tuple(initializer.dims)  # as exported: a few rows
+        real_attach(graph, tables)
+
+    monkeypatch.setattr(export_tables, "TABLE_BYTES", 1)
+    monkeypatch.setattr(export_tables, "attach_tables", attach)
+    monkeypatch.setattr(onnx_graph, "covers", lambda spec: None)  # the torch export's path
+    settings = Settings(cache_dir=tmp_path, threads=1)
+    _, manifest = ensure_artifact(inspect_model(str(tiny_plain)), settings)
+    ((name, dims),) = attached.items()
+    assert name == "model.embeddings.word_embeddings.weight"
+    assert dims[0] < tiny_models.VOCAB_SIZE and dims[1] == tiny_models.HIDDEN
+    assert manifest.verify["min_cosine"] > 0.9999
+    assert manifest.fusion is not None and manifest.fusion.ops["EmbedLayerNormalization"] == 1
+
+
+def test_a_tied_table_is_exported_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table that also feeds a projection (tied weights, as a masked-LM head) stays whole: the
+    projection's folded weight must be the real one. Others come back after the export."""
+    import torch
+
+    from ember.backends import export_tables
+
+    monkeypatch.setattr(export_tables, "TABLE_BYTES", 1)
+    tied, plain = torch.nn.Module(), torch.nn.Module()
+    tied.table, tied.head = torch.nn.Embedding(100, 4), torch.nn.Linear(4, 100)
+    tied.head.weight = tied.table.weight
+    plain.table = torch.nn.Embedding(100, 4)
+    weight = plain.table.weight
+    with export_tables.tables_left_out(tied, rows=10) as left_out:
+        assert left_out == {} and tied.table.weight.shape == (100, 4)
+    with export_tables.tables_left_out(plain, rows=10) as left_out:
+        assert plain.table.weight.shape == (10, 4)
+        assert list(left_out) == ["table.weight"] and left_out["table.weight"] is weight
+    assert plain.table.weight is weight
