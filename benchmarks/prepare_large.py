@@ -1,13 +1,17 @@
 """`ember prepare` of a random BERT over 2 GB: outcome, peak RSS against the weights (issue 13:
-at most 2.5x) and peak disk against the artifact (issue 15: at most 2x).
+at most 2.5x) and peak disk against the artifact (issue 15: at most 2x), with the peak RSS of
+each stage, and the artifact compared with transformers.
 
     .venv/bin/python benchmarks/prepare_large.py [--work DIR] [--keep] [--quick]
+        [--shape LAYERS,HIDDEN,VOCAB] [--torch] [--quantize int8] [--optimize N]
 
 The default shape is XLM-RoBERTa-large's as a BERT (24 layers, hidden 1024, vocabulary 250,002:
-560 M parameters, 2.24 GB in float32), past the 2 GB protobuf limit. `--quick` runs a tiny model
-to check the script itself (its peak RSS, ~0.55 GB, is the imports: torch, transformers, onnx).
-Needs about 15 GB of memory (6.2x the weights measured on a 2.26 GB BERT, 2026-12) and 5 GB of
-disk; takes 5-10 minutes on 2 cores. Prints one JSON object and a Markdown row for RESULTS.md.
+560 M parameters, 2.24 GB in float32), past the 2 GB protobuf limit; session 17 measured
+`--shape 1,256,2200000` (2.26 GB, nearly all of it the word-embedding table). A BERT goes
+through the torch-free graph builder (`onnx_graph`); `--torch` sends it through the torch
+export instead, as any family the builder lacks goes. `--quick` runs a tiny model to check the
+script itself. Needs 5 GB of disk and, on the torch path, up to 3.2x the weights of memory
+(RESULTS.md, session 18); a few minutes on 2 cores. Prints one JSON object and a Markdown row.
 """
 
 from __future__ import annotations
@@ -82,28 +86,102 @@ class DiskPeak:
         self._thread.join()
 
 
-def prepare(model: Path, out: Path, cache: Path) -> dict[str, Any]:
-    """Run `ember prepare` as a child and read its own peak RSS from wait4's rusage."""
-    command = [sys.executable, "-m", "ember", "prepare", str(model), "--out", str(out)]
+CHILD = """
+import json, sys, time
+from contextlib import contextmanager
+from pathlib import Path
+from ember.backends import artifact, onnx_graph
+from ember.manifest import Options
+from ember.models import inspect_model
+
+model, out, torch_export, quantize, optimize = sys.argv[1:6]
+if torch_export == "1":  # the torch export's path, as a family the graph builder lacks takes
+    onnx_graph.covers = lambda spec: None
+stages, peak = [], 0
+
+def high_water() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+@contextmanager
+def step(label):
+    global peak
+    peak = max(peak, high_water())
+    Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts here
+    started = time.perf_counter()
+    yield
+    stage_peak = high_water()
+    peak = max(peak, stage_peak)
+    stages.append({"stage": label, "peak_rss_bytes": stage_peak,
+                   "seconds": round(time.perf_counter() - started, 1)})
+
+spec = inspect_model(model)
+options = Options(quantize=quantize, optimize=int(optimize))
+manifest = artifact.prepare(spec, options, dest=Path(out), step=step)
+summary = manifest.fusion.summary(spec.model_type) if manifest.fusion else None
+print(json.dumps({"stages": stages, "peak_rss_bytes": max(peak, high_water()), "summary": summary}))
+"""
+"""`artifact.prepare` as `ember prepare` runs it, in a child that reports the peak RSS of each
+stage (the kernel's high-water mark, reset per stage through /proc/self/clear_refs)."""
+
+REFERENCE = """
+import json, sys
+from pathlib import Path
+from ember.backends import export
+from ember.manifest import MODEL_FILE, load_manifest
+from ember.models import inspect_model
+
+source, out = Path(sys.argv[1]), Path(sys.argv[2])
+spec = inspect_model(str(source))
+manifest = load_manifest(out)
+module, names = export._load_wrapper(spec)
+feeds = export._sample_feeds(spec, names)
+expected = export._reference(module, feeds)
+del module
+figures, _ = export._verify(expected, feeds, out / MODEL_FILE, options=manifest.options,
+                            embed=manifest.output == "embeddings")
+print(json.dumps(figures))
+"""
+"""The artifact against transformers on prepare's verification batch, as the torch export's
+path verifies (the graph builder's path checks only that the graph runs)."""
+
+
+def prepare(model: Path, out: Path, cache: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the prepare child and read its peak RSS (its own report; wait4's ru_maxrss would
+    read the high-water mark the child resets)."""
+    flags = ["1" if args.torch else "0", args.quantize, str(args.optimize)]
+    command = [sys.executable, "-c", CHILD, str(model), str(out), *flags]
     env = {**os.environ, "EMBER_CACHE_DIR": str(cache)}
     started = time.perf_counter()
     with DiskPeak(out.parent) as disk:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        # wait4 gives this child's rusage (ru_maxrss in KiB on Linux), not the sum of children.
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        assert proc.stdout is not None and proc.stderr is not None
-        stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
-        proc.stdout.close()
-        proc.stderr.close()
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    report: dict[str, Any] = {}
+    if proc.returncode == 0:
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
     return {
         "exit_code": proc.returncode,
         "seconds": round(time.perf_counter() - started, 1),
-        "peak_rss_bytes": usage.ru_maxrss * 1024,
+        "peak_rss_bytes": report.get("peak_rss_bytes", 0),
+        "stages": report.get("stages", []),
+        "summary": report.get("summary"),
         "peak_disk_bytes": disk.peak,
-        "stdout": stdout.strip(),
-        "stderr_tail": stderr.strip().splitlines()[-3:],
+        "stderr_tail": proc.stderr.strip().splitlines()[-3:],
     }
+
+
+def reference(model: Path, out: Path) -> dict[str, float]:
+    proc = subprocess.run(
+        [sys.executable, "-c", REFERENCE, str(model), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1:]}  # type: ignore[dict-item]
+    figures: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def main() -> int:
@@ -113,6 +191,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny model: check the script")
     parser.add_argument(
         "--shape", default=None, help="LAYERS,HIDDEN,VOCAB instead of 24,1024,250002"
+    )
+    parser.add_argument(
+        "--torch", action="store_true", help="the torch export, not the torch-free graph builder"
+    )
+    parser.add_argument("--quantize", default="none", choices=("none", "int8"))
+    parser.add_argument("--optimize", type=int, default=2)
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the comparison with transformers"
     )
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ember-prepare-large-"))
@@ -128,7 +214,7 @@ def main() -> int:
         weights = sum(f.stat().st_size for f in model.glob("*.safetensors"))
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
-        run = prepare(model, out, work / "cache")
+        run = prepare(model, out, work / "cache", args)
         manifest: dict[str, Any] = {}
         if (out / "ember-manifest.json").is_file():
             manifest = json.loads((out / "ember-manifest.json").read_text())
@@ -142,6 +228,11 @@ def main() -> int:
             "disk_over_artifact": round(run["peak_disk_bytes"] / artifact, 2) if artifact else None,
             "optimization": manifest.get("optimization"),
             "verify": manifest.get("verify"),
+            "graph_builder": manifest.get("versions", {}).get("graph_builder"),
+            "reference": None if args.no_reference or not manifest else reference(model, out),
+            "machine": f"{os.cpu_count()} cores",
+            "command": " ".join(sys.argv),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
         print(json.dumps(result, indent=2))
         fusion = (result["optimization"] or {}).get("fused")
@@ -149,7 +240,7 @@ def main() -> int:
             f"| {weights / 1e9:.2f} GB BERT | exit {run['exit_code']} | {run['seconds']} s | "
             f"peak RSS {run['peak_rss_bytes'] / 1e9:.2f} GB ({result['rss_over_weights']}x) | "
             f"peak disk {run['peak_disk_bytes'] / 1e9:.2f} GB ({result['disk_over_artifact']}x) | "
-            f"fused {fusion} |"
+            f"fused {fusion} | reference {result['reference']} |"
         )
         return 0 if run["exit_code"] == 0 else 1
     finally:

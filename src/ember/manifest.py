@@ -18,7 +18,7 @@ from typing import Any
 
 from ember.errors import ModelError
 from ember.settings import Quantize
-from ember.tasks import Task
+from ember.spec import ModelSpec
 
 MANIFEST_NAME = "ember-manifest.json"
 MODEL_FILE = "model.onnx"
@@ -26,10 +26,12 @@ DATA_FILE = "model.onnx.data"
 """The graph's initializers as ONNX external data. ONNX Runtime maps the file instead of copying
 it into the heap, so the pages that serving never reads (most rows of the word-embedding
 table: 45 MiB of all-MiniLM-L6-v2's 86 MB) stay out of RSS (onnx_notes.md)."""
-FORMAT_VERSION = 2
-"""Part of the cache key, so that a new layout or graph recipe prepares again. 2: weights in
-`DATA_FILE`, residual Add + LayerNormalization instead of SkipLayerNormalization (1: weights
-inside model.onnx, SkipLayerNormalization)."""
+FORMAT_VERSION = 3
+"""Part of the cache key, so that a new layout or graph recipe prepares again (an artifact of
+another format is refused by name: prepare it again). 3: the `model` section is the whole
+`ModelSpec` record (Dense modules, the default prompt). 2: weights in `DATA_FILE`, residual
+Add + LayerNormalization instead of SkipLayerNormalization (1: weights inside model.onnx,
+SkipLayerNormalization)."""
 OPSET = 17
 """ONNX opset of the export: 17 has LayerNormalization, which ORT's fusions expect."""
 DEFAULT_OPTIMIZE = 2
@@ -87,11 +89,13 @@ class Fusion:
         """One line for `ember prepare`'s output."""
         if self.error is not None:
             return f"warning: transformer fusions failed, serving the unfused graph: {self.error}"
+        ops = ", ".join(f"{op} {n}" for op, n in sorted(self.ops.items()))
+        if self.fused and self.model_type is None:  # the graph builder writes the fused form
+            return f"transformer fusions (written fused from the weights): {ops}"
         if self.model_type is None:
             return f"no transformer fusions: onnxruntime has none for model type {model_type!r}"
         if not self.fused:
             return f"transformer fusions ({self.model_type}) matched nothing in this graph"
-        ops = ", ".join(f"{op} {n}" for op, n in sorted(self.ops.items()))
         return f"transformer fusions ({self.model_type}): {ops}"
 
 
@@ -100,19 +104,10 @@ class Manifest:
     """The contents of `ember-manifest.json`."""
 
     key: str
-    name: str
+    spec: ModelSpec
+    """The model as it was inspected (served from the artifact: its `path` is the artifact's)."""
     source_path: str
     source_digest: str
-    task: Task
-    pooling: str
-    normalize: bool
-    max_length: int
-    dimension: int | None
-    labels: tuple[str, ...]
-    hidden_size: int
-    prompts: dict[str, str]
-    architecture: str
-    model_type: str
     options: Options
     model_sha256: str
     model_size: int
@@ -133,19 +128,7 @@ class Manifest:
             "key": self.key,
             "created": self.created,
             "source": {"path": self.source_path, "digest": self.source_digest},
-            "model": {
-                "name": self.name,
-                "task": self.task.value,
-                "pooling": self.pooling,
-                "normalize": self.normalize,
-                "max_length": self.max_length,
-                "dimension": self.dimension,
-                "labels": list(self.labels),
-                "hidden_size": self.hidden_size,
-                "prompts": self.prompts,
-                "architecture": self.architecture,
-                "model_type": self.model_type,
-            },
+            "model": self.spec.to_record(),
             "graph": {
                 "file": MODEL_FILE,
                 "sha256": self.model_sha256,
@@ -203,12 +186,6 @@ def _parse_manifest(data: dict[str, Any], file: Path) -> Manifest:
         )
     source, model, graph = root.section("source"), root.section("model"), root.section("graph")
     options, versions = root.section("options"), root.section("versions")
-    try:
-        task = Task(model.get("task", str))
-    except ValueError:
-        raise model.bad("task") from None
-    labels = model.get("labels", list)
-    prompts = model.get("prompts", dict)
     inputs = graph.get("inputs", list)
     if graph.get("file", str) != MODEL_FILE or not inputs:
         raise graph.bad("file")
@@ -218,19 +195,9 @@ def _parse_manifest(data: dict[str, Any], file: Path) -> Manifest:
     return Manifest(
         key=root.get("key", str),
         created=str(data.get("created", "")),
-        name=model.get("name", str),
+        spec=ModelSpec.from_record(model.data, path=file.parent),
         source_path=source.get("path", str),
         source_digest=source.get("digest", str),
-        task=task,
-        pooling=model.get("pooling", str),
-        normalize=model.get("normalize", bool),
-        max_length=model.get("max_length", int),
-        dimension=model.opt_int("dimension"),
-        labels=tuple(str(label) for label in labels),
-        hidden_size=model.get("hidden_size", int),
-        prompts={str(k): str(v) for k, v in prompts.items()},
-        architecture=model.get("architecture", str),
-        model_type=model.get("model_type", str),
         options=Options(
             quantize=_quantize_option(options),
             optimize=options.get("optimize", int),

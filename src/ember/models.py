@@ -6,12 +6,13 @@ Reads JSON config files only (no torch, no transformers), so it is cheap on the 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ember.errors import ModelError
 from ember.manifest import MANIFEST_NAME, load_manifest
+from ember.spec import ModelSpec
 from ember.st_modules import (
     SPLADE_POOLINGS,
     DenseLayer,
@@ -32,45 +33,6 @@ __all__ = [
 
 BUILTIN = "builtin"
 BUILTIN_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelSpec:
-    """What ember knows about a model folder before loading any weights."""
-
-    name: str
-    """The served name clients use."""
-    source: str
-    """What the user passed (`builtin`, a path, a hub id)."""
-    path: Path
-    task: Task
-    max_length: int
-    """Most tokens per input, special tokens included."""
-    pooling: str = "mean"
-    normalize: bool = False
-    """The model's own pipeline ends in Normalize (sentence-transformers)."""
-    dimension: int | None = None
-    labels: tuple[str, ...] = ()
-    architecture: str = ""
-    model_type: str = ""
-    hidden_size: int = 0
-    prompts: dict[str, str] = field(default_factory=dict)
-    """Named prompts (sentence-transformers `prompts`), for TEI's `prompt_name`."""
-    default_prompt_name: str | None = None
-    """The prompt sentence-transformers applies when none is named."""
-    onnx_artifact: bool = False
-    """The folder is an `ember prepare` artifact rather than a source model."""
-    dense: tuple[DenseLayer, ...] = ()
-    """Dense modules applied after pooling and before Normalize, in order."""
-
-    @property
-    def tokenizer_file(self) -> Path:
-        return self.path / "tokenizer.json"
-
-    @property
-    def splade(self) -> bool:
-        """Masked-LM logits pooled to one weight per vocabulary id (a sparse vector)."""
-        return self.pooling in SPLADE_POOLINGS
 
 
 def builtin_path() -> Path:
@@ -281,23 +243,8 @@ def _default_name(source: str, path: Path) -> str:
 
 def _spec_from_artifact(path: Path, *, name: str | None, max_input_length: int | None) -> ModelSpec:
     """The ModelSpec recorded in an artifact folder's manifest, capped at `max_input_length`."""
-    manifest = load_manifest(path)
-    max_length = manifest.max_length
+    spec = load_manifest(path).spec
+    max_length = spec.max_length
     if max_input_length is not None:
         max_length = min(max_length, max_input_length)
-    return ModelSpec(
-        name=name or manifest.name,
-        source=str(path),
-        path=path,
-        task=manifest.task,
-        max_length=max_length,
-        pooling=manifest.pooling,
-        normalize=manifest.normalize,
-        dimension=manifest.dimension,
-        labels=manifest.labels,
-        architecture=manifest.architecture,
-        model_type=manifest.model_type,
-        hidden_size=manifest.hidden_size,
-        prompts=dict(manifest.prompts),
-        onnx_artifact=True,
-    )
+    return replace(spec, name=name or spec.name, max_length=max_length)

@@ -37,6 +37,20 @@ class DenseLayer:
             "activation": self.activation,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, root: Path) -> DenseLayer:
+        """The layer `to_dict` wrote, its folder under `root`."""
+        activation = str(data["activation"])
+        if activation not in DENSE_ACTIVATIONS:
+            raise ValueError(f"the Dense activation {activation!r} is not supported")
+        return cls(
+            folder=root / str(data["folder"]),
+            in_features=int(data["in_features"]),
+            out_features=int(data["out_features"]),
+            bias=bool(data["bias"]),
+            activation=activation,
+        )
+
 
 def read_json(path: Path) -> dict[str, Any]:
     try:

@@ -90,7 +90,9 @@ def artifact_key(spec: ModelSpec, options: Options) -> str:
 def cache_path(settings: Settings, spec: ModelSpec, options: Options) -> Path:
     """Where the artifact for `spec` with `options` lives in the cache."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", spec.name).strip("-.") or "model"
-    return settings.cache_dir / "onnx" / f"{slug}-{artifact_key(spec, options)}"
+    # Absolute: a fusion pass changes the working folder while it runs (graph_passes).
+    cache = settings.cache_dir.expanduser().absolute()
+    return cache / "onnx" / f"{slug}-{artifact_key(spec, options)}"
 
 
 # --- finding or building an artifact ---------------------------------------------------------
@@ -278,7 +280,9 @@ def prepare_main(
                 )
             if manifest.fusion is not None and options.optimize > 0:
                 # Said, never swallowed: a failed fusion leaves a slower graph that still serves.
-                print(f"ember: {manifest.fusion.summary(manifest.model_type)}", file=sys.stderr)
+                print(
+                    f"ember: {manifest.fusion.summary(manifest.spec.model_type)}", file=sys.stderr
+                )
     except EmberError as exc:
         print(f"ember: error: {exc.message}", file=sys.stderr)
         return 1

@@ -137,19 +137,9 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
         _copy_tokenizer(spec.path, out)
         manifest = Manifest(
             key=key,
-            name=spec.name,
+            spec=spec,
             source_path=str(spec.path),
             source_digest=folder_digest(spec.path),
-            task=spec.task,
-            pooling=spec.pooling,
-            normalize=spec.normalize,
-            max_length=spec.max_length,
-            dimension=spec.dimension,
-            labels=spec.labels,
-            hidden_size=spec.hidden_size,
-            prompts=dict(spec.prompts),
-            architecture=spec.architecture,
-            model_type=spec.model_type,
             options=options,
             model_sha256=file_sha256(model_file),
             model_size=model_file.stat().st_size,
@@ -273,12 +263,16 @@ def _export(
 ) -> None:
     import torch
 
+    from ember.backends.export_tables import attach_tables, tables_left_out
+
     # Trace on two rows, one padded, so the mask is never constant-folded away.
     args = tuple(torch.from_numpy(feeds[name][:2].copy()) for name in names)
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
     dynamic[output] = {0: "batch"}
+    # More rows than any id or position the trace looks up.
+    rows = max(int(arg.max()) for arg in args) + args[0].shape[1] + 2
     try:
-        with quiet(), torch.inference_mode():
+        with quiet(), tables_left_out(module, rows=rows) as tables, torch.inference_mode():
             torch.onnx.export(
                 module,
                 args,
@@ -292,6 +286,7 @@ def _export(
             )
     except Exception as exc:
         raise ModelError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    attach_tables(path, tables)
 
 
 def _reference(module: torch.nn.Module, feeds: dict[str, np.ndarray[Any, Any]]) -> FloatArray:

@@ -10,7 +10,9 @@ import ctypes
 import gc
 import json
 import logging
+import os
 import shutil
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,8 +110,11 @@ def _run_fusions(spec: ModelSpec, ort_type: str, source: Path, dest: Path) -> di
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    # Loaded once, here, and handed to the optimiser (which would load it again from a path).
-    proto = onnx.load(str(source))
+    # Without its weights: the optimiser reads the few values its fusions need from the files
+    # (onnx reads an external tensor's bytes on access, relative to the working folder) and
+    # copies the whole model for shape inference; with the weights loaded it peaked at 6.2x
+    # the weights of a 2.26 GB BERT.
+    proto = onnx.load(str(source), load_external_data=False)
     before = Counter(n.op_type for n in proto.graph.node if n.domain == _CONTRIB)
     config = json.loads((spec.path / "config.json").read_text(encoding="utf-8"))
     heads = int(config.get("num_attention_heads", config.get("n_heads", 0)) or 0)
@@ -117,7 +122,7 @@ def _run_fusions(spec: ModelSpec, ort_type: str, source: Path, dest: Path) -> di
     fusions = FusionOptions(ort_type)
     fusions.enable_skip_layer_norm = False
     fusions.enable_bias_skip_layer_norm = False
-    with quiet(), ort_logs_quiet():
+    with quiet(), ort_logs_quiet(), _working_folder(source.parent):
         model = optimize_model(
             proto,
             model_type=ort_type,
@@ -128,11 +133,32 @@ def _run_fusions(spec: ModelSpec, ort_type: str, source: Path, dest: Path) -> di
         )
         after = Counter(n.op_type for n in model.model.graph.node if n.domain == _CONTRIB)
         ops = {op: n - before[op] for op, n in after.items() if n > before[op]}
-        if ops:
-            # External data always: one path for every size (over 2 GB a graph cannot be one
-            # protobuf: "Failed to serialize proto").
-            model.save_model_to_file(str(dest), use_external_data_format=True)
+    if ops:
+        # What `save_model_to_file` does first (the fused operators' domain, node order).
+        model.topological_sort()
+        if not any(opset.domain == _CONTRIB for opset in model.model.opset_import):
+            model.model.opset_import.add(domain=_CONTRIB, version=1)
+        # The weights it left untouched are copied file to file; what it made (packed QKV)
+        # is written from memory. External data always: one path for every size.
+        save_external(model.model, source.parent, dest)
     return ops
+
+
+_CHDIR = threading.Lock()
+
+
+@contextmanager
+def _working_folder(folder: Path) -> Iterator[None]:
+    """Run with `folder` as the working folder (onnx resolves external data only relative to
+    it, and refuses absolute or `..` locations). Process-wide: ember's own paths are absolute
+    (`models.resolve_path`, `artifact.cache_path`); one fusion at a time."""
+    with _CHDIR:
+        previous = os.getcwd()
+        os.chdir(folder.resolve())
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 class _DropRecords(logging.Filter):
@@ -176,30 +202,20 @@ def quantize(source: Path, dest: Path) -> None:
     with quiet(), ort_logs_quiet():
         try:
             quantize_dynamic(
-                # In memory: from a path, ORT's quantiser misreads an export's per-weight external
-                # files (what torch writes past 2 GB): the position ids came back as garbage.
-                onnx.load(str(source)),
+                str(source),
                 str(dest),
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 op_types_to_quantize=["MatMul", "Attention"],
-                # External only when large: an int8 graph with external data served from the
-                # raw export (--optimize 0) read its position ids as garbage (not understood yet).
-                use_external_data_format=_folder_bytes(source.parent) > QUANTIZE_EXTERNAL_ABOVE,
+                # External data always: one path for every size. The quantiser writes Constant
+                # values there too, which `externalize` carries over (`graph_tensors`).
+                use_external_data_format=True,
                 # ORT's shape inference cannot type the outputs of fused contrib ops; they are
                 # all float here. (Its "pre-processing" fixes that too, at 5 s more.)
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
         except Exception as exc:
             raise ModelError(f"int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
-
-
-QUANTIZE_EXTERNAL_ABOVE = 1 << 30
-"""Bytes of input graph above which the int8 graph is written with external data."""
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
 def save_optimized(source: Path, dest: Path, level: int) -> None:
@@ -225,12 +241,21 @@ def externalize(source: Path, dest: Path, *, consume: bool = False) -> None:
     and protobuf's `raw_data` copies each one again on access)."""
     import onnx
 
-    model = onnx.load(str(source), load_external_data=False)
+    save_external(onnx.load(str(source), load_external_data=False), source.parent, dest)
+    if consume:
+        shutil.rmtree(source.parent)
+
+
+def save_external(model: Any, folder: Path, dest: Path) -> None:
+    """`externalize`'s writing: the graph `model`, whose external tensors are files in `folder`
+    (another folder than `dest`'s), saved as `dest` plus `DATA_FILE` beside it."""
+    import onnx
+
     offset = 0
     with (dest.parent / DATA_FILE).open("wb") as data:
-        for tensor in model.graph.initializer:
+        for tensor in graph_tensors(model.graph):
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                location, start, length = _external_ref(tensor, source.parent)
+                location, start, length = _external_ref(tensor, folder)
                 if length < DATA_MIN_BYTES:  # small: back inside the graph
                     with location.open("rb") as fh:
                         fh.seek(start)
@@ -249,11 +274,26 @@ def externalize(source: Path, dest: Path, *, consume: bool = False) -> None:
                 data.write(raw)
                 del raw
                 tensor.ClearField("raw_data")
-            _point_to(tensor, offset=offset, length=length)
+            point_to(tensor, offset=offset, length=length)
             offset += length
     onnx.save_model(model, str(dest))
-    if consume:
-        shutil.rmtree(source.parent)
+
+
+def graph_tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph holds: its initializers and the tensors in node attributes
+    (Constant's `value`), subgraphs included. ORT's quantiser writes Constant values as
+    external data too; left out, the int8 raw export's position ids (a Constant) pointed into
+    the new data file at another tensor's bytes, and came back as garbage."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from graph_tensors(sub)
 
 
 def _external_ref(tensor: Any, folder: Path) -> tuple[Path, int, int]:
@@ -277,12 +317,13 @@ def _copy_range(source: Path, start: int, length: int, out: BinaryIO) -> None:
             left -= len(chunk)
 
 
-def _point_to(tensor: Any, *, offset: int, length: int) -> None:
-    """Make `tensor` refer to `length` bytes at `offset` of `DATA_FILE`."""
+def point_to(tensor: Any, *, offset: int, length: int, location: str = DATA_FILE) -> None:
+    """Make `tensor` refer to `length` bytes at `offset` of `location` (a file beside the
+    graph; `DATA_FILE` unless said)."""
     import onnx
 
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", DATA_FILE), ("offset", offset), ("length", length)):
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, str(value)

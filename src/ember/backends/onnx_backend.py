@@ -69,7 +69,8 @@ class OnnxBackend:
         # The graph's own output width: Dense modules and SPLADE pooling are inside it.
         width = output.shape[1] if len(output.shape) == 2 else None
         if not isinstance(width, int):
-            width = manifest.hidden_size if manifest.task is Task.EMBED else len(manifest.labels)
+            recorded = manifest.spec
+            width = recorded.hidden_size if recorded.task is Task.EMBED else len(recorded.labels)
         self.capabilities = Capabilities(
             device="cpu", lengths="exact", warm="cover", output_width=max(width, 1)
         )
@@ -91,9 +92,9 @@ class OnnxBackend:
                 manifest.options.quantize,
                 settings.quantize,
             )
-        if manifest.task is not spec.task:
+        if manifest.spec.task is not spec.task:
             raise ModelError(
-                f"{artifact} was prepared for {manifest.task.value}, not {spec.task.value}"
+                f"{artifact} was prepared for {manifest.spec.task.value}, not {spec.task.value}"
             )
         return cls(artifact=artifact, manifest=manifest, threads=settings.intra_op_threads())
 
@@ -110,6 +111,15 @@ class OnnxBackend:
         result: FloatArray = np.asarray(out, dtype=np.float32)
         return result
 
+    @property
+    def attention(self) -> str:
+        """Which attention the graph runs: ORT's fused operator, the exported nodes, or (an
+        `--optimize 0` artifact) whatever ORT's own optimisation makes of them at load."""
+        fusion = self.manifest.fusion
+        if fusion is not None and "Attention" in fusion.ops:
+            return "fused Attention"
+        return "MatMul+Softmax" if self.level == 0 else "as onnxruntime fuses it at load"
+
     def describe(self) -> dict[str, Any]:
         options = self.manifest.options
         return {
@@ -125,6 +135,7 @@ class OnnxBackend:
                 if self.manifest.fusion is not None
                 else {"fused": self.manifest.fused}
             ),
+            "attention": self.attention,
             "session": {
                 "prepared_optimization_level": options.optimize,
                 "graph_optimization_level": self.level,

@@ -30,12 +30,16 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ember.backends.bert import EncoderConfig, named_weights, supported
-from ember.errors import ModelError
+from ember.backends.graph_passes import DATA_ALIGNMENT, DATA_MIN_BYTES, point_to
+from ember.backends.mapped_weights import open_weights, write_rows
+from ember.manifest import DATA_FILE
 from ember.models import ModelSpec, Task
 
 log = logging.getLogger("ember.backends.artifact")
@@ -82,24 +86,23 @@ def build_graph(
     the two agree): a first start then skips the optimizer, its sympy import and its shape
     inference, about 3 s of CPU on all-MiniLM-L6-v2."""
     import onnx
-    from safetensors.numpy import load_file
 
     weights_file = spec.path / "model.safetensors"
-    try:
-        tensors = load_file(str(weights_file))
-    except Exception as exc:  # safetensors raises its own error type for a damaged header
-        raise ModelError(f"cannot load weights from {weights_file}: {exc}") from exc
-    weights = named_weights(tensors, config=config, task=spec.task)
-    graph = _Graph(weights, fused=fused)
-    model = graph.model
-    model.ir_version = onnx.IR_VERSION
-    model.producer_name = BUILDER
-    model.opset_import.add(domain="", version=opset)
-    if fused:
-        model.opset_import.add(domain=_MS, version=1)
-    graph.encoder(config, spec=spec)
-    large = graph.nbytes > _EXTERNAL_BYTES
-    onnx.save_model(model, str(path), save_as_external_data=large, location=f"{path.name}.data")
+    with open_weights(weights_file) as (tensors, nbytes, release):
+        weights = named_weights(tensors, config=config, task=spec.task)
+        with ExitStack() as stack:
+            data = None
+            if nbytes > _EXTERNAL_BYTES:  # streamed to the data file as each one is written
+                data = stack.enter_context((path.parent / DATA_FILE).open("wb"))
+            graph = _Graph(weights, fused=fused, data=data, release=release)
+            model = graph.model
+            model.ir_version = onnx.IR_VERSION
+            model.producer_name = BUILDER
+            model.opset_import.add(domain="", version=opset)
+            if fused:
+                model.opset_import.add(domain=_MS, version=1)
+            graph.encoder(config, spec=spec)
+    onnx.save_model(model, str(path))
     ops = Counter(node.op_type for node in model.graph.node if node.domain == _MS)
     return BuiltGraph(inputs=graph.inputs, fused_ops=dict(ops))
 
@@ -108,30 +111,45 @@ class _Graph:
     """One model's graph, its nodes and initializers written in place (onnx.helper's
     make_graph/make_model copy every initializer twice: about 1 s for 90 MB)."""
 
-    def __init__(self, weights: dict[str, Any], *, fused: bool) -> None:
+    def __init__(
+        self,
+        weights: dict[str, Any],
+        *,
+        fused: bool,
+        data: BinaryIO | None,
+        release: Callable[[], None],
+    ) -> None:
         import onnx
 
         self.weights = weights
         self.fused = fused
         self.model = onnx.ModelProto()
         self.inputs: list[str] = []
-        self.nbytes = 0
+        self._data = data
+        self._release = release
         self._count = 0
 
     def const(self, value: Any, *, dtype: Any = None, name: str = "") -> str:
-        """An initializer holding `value` (float32 unless `dtype`); returns its name."""
+        """An initializer holding `value` (float32 unless `dtype`); returns its name. With a
+        data file, one of `DATA_MIN_BYTES` or more is written there at once, at a
+        `DATA_ALIGNMENT` boundary (the artifact's layout, `graph_passes.externalize`)."""
         import numpy as np
         import onnx
 
-        # No copy here: tobytes makes the one C-order copy (of a transposed view too).
         array = np.asarray(value, dtype=dtype or np.float32)
         name = name or self._name("const")
         tensor = self.model.graph.initializer.add()
         tensor.name = name
         tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
         tensor.dims.extend(array.shape)
-        tensor.raw_data = array.tobytes(order="C")
-        self.nbytes += array.nbytes
+        if self._data is None or array.nbytes < DATA_MIN_BYTES:
+            # No copy here: tobytes makes the one C-order copy (of a transposed view too).
+            tensor.raw_data = array.tobytes(order="C")
+            return name
+        offset = self._data.tell()
+        offset += self._data.write(bytes(-offset % DATA_ALIGNMENT))
+        write_rows(self._data, array, self._release)
+        point_to(tensor, offset=offset, length=array.nbytes)
         return name
 
     def ints(self, *values: int) -> str:

@@ -343,6 +343,9 @@ class ModelEngine:
             "task": self.task.value,
             "stage": self.lifecycle.stage.value,
             "max_input_length": self.spec.max_length,
+            # From the spec, so every backend names them (an artifact's manifest holds it).
+            "family": self.spec.model_type,
+            "architecture": self.spec.architecture,
             "pooling": self.spec.pooling if self.task is Task.EMBED else None,
             "dimension": self.spec.dimension,
             "dense": [layer.to_dict() for layer in self.spec.dense] or None,

@@ -220,3 +220,50 @@ def test_bfloat16_checkpoints_are_read(tiny_dir: Path, tmp_path: Path) -> None:
     expected = families.reference(path, "bert", Task.EMBED, batch, pooling="mean")
     for graph in write(spec, tmp_path / "graphs"):
         assert cosines(run(graph, batch), expected).min() >= 0.9999
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_large_weights_stream_to_the_data_file(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fused: bool
+) -> None:
+    """Past the size limit each weight is written to the data file as the graph is built, a
+    block of rows at a time from the mapped checkpoint (forced here on a tiny model, with blocks
+    of a few rows): the same graph and outputs as one holding its weights, in the artifact's
+    layout (page-aligned), and bfloat16 weights stream too."""
+    import shutil
+
+    import onnx
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ember.backends import mapped_weights
+    from ember.backends.graph_passes import DATA_ALIGNMENT, graph_tensors
+    from ember.manifest import DATA_FILE
+
+    source = families.build(tiny_dir / "bert-shaped", "bert", Task.RERANK, pooling="mean")
+    path = shutil.copytree(source, tmp_path / "bf16")
+    weights = load_file(str(path / "model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, path / "model.safetensors")
+    spec = inspect_model(str(path))
+    config = onnx_graph.covers(spec)
+    assert config is not None
+    inline, streamed = tmp_path / "inline" / "model.onnx", tmp_path / "streamed" / "model.onnx"
+    for graph in (inline, streamed):
+        graph.parent.mkdir()
+    onnx_graph.build_graph(spec, config, path=inline, opset=OPSET, fused=fused)
+    monkeypatch.setattr(onnx_graph, "_EXTERNAL_BYTES", 0)
+    monkeypatch.setattr(mapped_weights, "_CHUNK_BYTES", 1000)  # several blocks per weight
+    onnx_graph.build_graph(spec, config, path=streamed, opset=OPSET, fused=fused)
+    assert sorted(p.name for p in streamed.parent.iterdir()) == ["model.onnx", DATA_FILE]
+    model = onnx.load(str(streamed), load_external_data=False)
+    external = [
+        {e.key: e.value for e in t.external_data}
+        for t in graph_tensors(model.graph)
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    assert len(external) > 10
+    assert all(int(e["offset"]) % DATA_ALIGNMENT == 0 for e in external)
+    assert {e["location"] for e in external} == {DATA_FILE}
+    batch = batch_of(spec, items_for(Task.RERANK))
+    np.testing.assert_array_equal(run(streamed, batch), run(inline, batch))
+    assert op_counts(streamed) == op_counts(inline)
