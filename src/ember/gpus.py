@@ -16,7 +16,10 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ember.settings import Settings
 
 MAX_PER_GPU = 4
 CORES_PER_WORKER = 4
@@ -138,6 +141,23 @@ def plan(
     if len(devices) < 2:
         return [None] * count
     return [devices[i % len(devices)].visible for i in range(count)]
+
+
+def worker_plan(settings: Settings) -> list[str | None]:
+    """One entry per worker process to start: the CUDA_VISIBLE_DEVICES it gets (None: this
+    process's). One entry: serve in this process. NVML is asked only on a CUDA host."""
+    if settings.workers == 1:
+        return [None]
+    cuda = cuda_likely(settings.device)
+    if settings.workers == "auto" and not cuda:
+        return [None]
+    return plan(
+        workers=settings.workers,
+        cuda=cuda,
+        cores=settings.available_cores(),
+        gpus=visible_gpus() if cuda else [],
+        weights=weights_bytes(settings.model),
+    )
 
 
 _role: dict[str, Any] = {"workers": 1, "worker": 0, "devices": [None]}

@@ -13,10 +13,9 @@ def serve(settings: Settings) -> int:
     logs.setup(level=settings.log_level, json_logs=settings.json_logs, secrets=[secret])
     if settings.reload:
         return _serve_reload(settings)
-    from ember import early
-    from ember.workers import worker_plan
+    from ember import early, gpus
 
-    devices = worker_plan(settings)
+    devices = gpus.worker_plan(settings)
     if len(devices) > 1:
         from ember.workers import supervise
 

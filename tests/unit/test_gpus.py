@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from ember import gpus
-from ember.gpus import Gpu, plan
+from ember.gpus import Gpu, plan, worker_plan
 from ember.settings import Settings
-from ember.workers import worker_plan
 
 GIB = 2**30
 H200 = 141 * GIB
