@@ -6,7 +6,8 @@ or fills the bytecode cache; the second has every cache warm), with spawn → fi
     PYTHONPATH=src:. python benchmarks/gpu/families.py --out results.json   # from the repo root
 
 The BERT-shaped folders and their reference come from tests/unit/backends/families.py (the GPU
-tests use the same); Qwen3 and MPNet stand for the families torch serves on CUDA.
+tests use the same); Qwen3, MPNet, ModernBERT and DeBERTa-v2 stand for the families torch serves
+on CUDA (the last two from ember.bench.tiny_families, with their own tokenizers).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from tests.unit.backends import families
 from tests.unit.backends.common import PAIRS, batch_of, cosines
 
-from ember.bench import tiny_models
+from ember.bench import tiny_families, tiny_models
 from ember.models import Task, inspect_model
 
 TEXTS = [
@@ -44,7 +45,11 @@ MATRIX: list[tuple[str, Task, str]] = [
     ("xlm-roberta", Task.RERANK, "mean"),
     ("qwen3", Task.EMBED, "lasttoken"),
     ("mpnet", Task.EMBED, "mean"),
+    ("modernbert", Task.EMBED, "mean"),
+    ("deberta-v2", Task.EMBED, "mean"),
 ]
+OTHER = ("modernbert", "deberta-v2")
+"""Built by `ember.bench.tiny_families` (their own tokenizers), like the CPU family matrix."""
 
 
 def build_other(root: Path, family: str, pooling: str) -> Path:
@@ -170,6 +175,10 @@ def main() -> None:
             continue
         if family in families.FAMILIES:
             path = families.build(args.root, family, task, pooling=pooling)
+        elif family in OTHER:
+            path = args.root / f"{family}-embed-{pooling}"
+            if not (path / "config.json").is_file():
+                tiny_families.build_family(path, family)
         else:
             path = build_other(args.root, family, pooling)
         row: dict[str, Any] = {"family": family, "task": task.value, "pooling": pooling}

@@ -20,7 +20,9 @@
 # backend (benchmarks/gpu/backend_bench.py, SECTIONS=imports,shapes,parity,oom) | gputests |
 # ember | ember-wN (--workers N) | ember-siS (GIL switch interval S) | null (zero-cost backend) |
 # startup-inline, ember-inline (benchmarks/gpu/inline_small.py) | seed | infinity (startup + load) |
-# families (benchmarks/gpu/families.py: each family served, backend, ready seconds, parity).
+# families (benchmarks/gpu/families.py: each family served, backend, ready seconds, parity) |
+# bert-base (build /tmp/bert-base, 110M random weights) | split (startup_split.py: each start
+# phase alone; SPLIT_MODELS, SPLIT_PROBES) | importtime (python -X importtime of the serve path).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -232,6 +234,33 @@ if os.environ.get("SWITCH_INTERVAL"): sys.setswitchinterval(float(os.environ["SW
         eval "PYTHONPATH=$EMBER_PATH:/tmp/shim timeout 250 $PY benchmarks/gpu/families.py \
           --out $R/families$TAG.json --starts ${FAMILY_STARTS:-2} ${FAMILY_ARGS:-}"
       )
+      save
+      ;;
+    bert-base)  # a BERT-base-sized (110M) random-weight model at /tmp/bert-base (numpy only)
+      PYTHONPATH=$EMBER_PATH "$PY" benchmarks/gpu/bert_base.py "$MODEL" /tmp/bert-base
+      ;;
+    split)  # each start phase alone, fresh interpreter per probe (benchmarks/gpu/startup_split.py)
+      (
+        unset PYTHONDONTWRITEBYTECODE
+        export PYTHONPYCACHEPREFIX=/tmp/pyc
+        for m in ${SPLIT_MODELS:-$MODEL}; do
+          PYTHONPATH=$EMBER_PATH timeout 200 "$PY" benchmarks/gpu/startup_split.py --model "$m" \
+            --probes "${SPLIT_PROBES:-cupy,engine}" --repeat "${SPLIT_REPEAT:-2}"
+        done
+      ) 2>&1 | tee -a "$R/split$TAG.jsonl"
+      save
+      ;;
+    importtime)  # what the serving imports cost, bytecode cached (python -X importtime)
+      (
+        unset PYTHONDONTWRITEBYTECODE
+        export PYTHONPYCACHEPREFIX=/tmp/pyc PYTHONPATH=$EMBER_PATH
+        mods=${IMPORTS:-ember.server,ember.engine.registry,ember.http.app,ember.backends.cupy_backend,cupy}
+        for i in 1 2; do "$PY" -X importtime -c "import ${mods}" 2> "$R/importtime$TAG.txt"; done
+        TIMEFORMAT="%R s"
+        for i in 1 2 3; do echo -n "python -c pass: "; { time "$PY" -c pass; } 2>&1; done
+        for i in 1 2 3; do echo -n "import $mods: "; { time "$PY" -c "import $mods"; } 2>&1; done
+        sort -t'|' -k2 -n -r "$R/importtime$TAG.txt" | head -40
+      ) 2>&1 | tee "$R/imports$TAG.txt"
       save
       ;;
     *) log "unknown step $step" ;;

@@ -4,13 +4,19 @@ pydantic, FastAPI, uvicorn and the backend stack import (0.6 s and more; seconds
 machine). uvicorn then takes over the same listening socket: connections waiting in its backlog
 are served by the full app, none is refused.
 
-This module reads `--host`/`--port` (and `EMBER_HOST`/`EMBER_PORT`) itself, the one exception to
+With several workers (`ember.workers`) the socket joins their SO_REUSEPORT group and the first
+worker inherits it, answering on it from its own first moment. Where the process itself will run
+on CUDA, the CUDA context is created on a thread meanwhile (`warm_cuda`).
+
+This module reads `--host`/`--port`/`--workers`/`--device` (and their `EMBER_*` variables)
+itself, the one exception to
 "Settings is the only place config is read": importing Settings costs what this module exists
 to avoid. `ember.server` checks that Settings agrees before it uses the socket.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import selectors
@@ -18,6 +24,8 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from ember.gpus import cuda_likely
 
 _MAX_HEAD = 8192
 _listening: list[EarlyProbes] = []  # the one listener of this process, while it answers
@@ -32,10 +40,11 @@ def _option(argv: Sequence[str], name: str) -> str | None:
     return None
 
 
-def _address(argv: Sequence[str]) -> tuple[str, int] | None:
-    """(host, port) for `ember serve ARGV`, or None where the early listener must not run:
-    another command, help, auto-reload, several workers (each binds its own socket), or a
-    value only Settings can judge."""
+def _address(argv: Sequence[str]) -> tuple[str, int, bool] | None:
+    """(host, port, shared) for `ember serve ARGV`, or None where the early listener must not
+    run: another command, help, auto-reload, or a value only Settings can judge. `shared`:
+    several workers may serve the port (`--workers N`, or `auto` on a CUDA host), so the socket
+    joins them with SO_REUSEPORT and goes to the first worker (ember.workers)."""
     if argv and argv[0] != "serve":
         return None
     rest = argv[1:]
@@ -43,35 +52,68 @@ def _address(argv: Sequence[str]) -> tuple[str, int] | None:
         "EMBER_RELOAD", ""
     ).lower() in ("1", "true", "yes", "on"):
         return None
-    workers = _option(rest, "--workers") or os.environ.get("EMBER_WORKERS", "1")
+    workers = _option(rest, "--workers") or os.environ.get("EMBER_WORKERS", "auto")
     host = _option(rest, "--host") or os.environ.get("EMBER_HOST", "0.0.0.0")
     port = _option(rest, "--port") or os.environ.get("EMBER_PORT", "8080")
     try:
-        if int(workers) != 1:
-            return None
-        return host, int(port)
+        shared = cuda_likely(_device(rest)) if workers == "auto" else int(workers) != 1
+        return host, int(port), shared
     except ValueError:
         return None
 
 
+def _device(rest: Sequence[str]) -> str:
+    return _option(rest, "--device") or os.environ.get("EMBER_DEVICE", "auto")
+
+
 def listen_from_argv(argv: Sequence[str]) -> None:
-    """Bind and start answering probes if `argv` is an `ember serve` that can use it."""
+    """Bind and start answering probes if `argv` is an `ember serve` that can use it; in a
+    single process bound for CUDA, also start creating the CUDA context (`warm_cuda`)."""
     address = _address(argv)
     if address is None:
         return
-    host, port = address
+    host, port, shared = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError:
         sock.close()  # the normal path reports it (address in use, bad host) as it always has
         return
+    answer_on(sock, host=host, port=port)
+    if not shared:
+        warm_cuda(_device(argv[1:]))
+
+
+def answer_on(sock: socket.socket, *, host: str, port: int) -> None:
+    """Answer probes on a listening socket until `take` hands it over."""
     listener = EarlyProbes(sock, host=host, port=port)
     listener.start()
     _listening.append(listener)
+
+
+def warm_cuda(device: str) -> None:
+    """Where this process will run on CUDA, create the device's primary context now, on a
+    thread, through the driver API (ctypes; the call releases the GIL): CuPy and torch use that
+    same context later and find it made. It costs 0.2-0.35 s on the H200 and otherwise runs
+    after the imports, on the loading path; here it overlaps them."""
+    if not cuda_likely(device):
+        return
+
+    def create() -> None:
+        try:
+            cuda = ctypes.CDLL("libcuda.so.1")
+            handle, context = ctypes.c_int(), ctypes.c_void_p()
+            if cuda.cuInit(0) == 0 and cuda.cuDeviceGet(ctypes.byref(handle), 0) == 0:
+                cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), handle)
+        except OSError:
+            pass  # no driver library: the backend reports what is missing
+
+    threading.Thread(target=create, name="ember-cuda-init", daemon=True).start()
 
 
 def take(*, host: str, port: int) -> socket.socket | None:

@@ -13,11 +13,13 @@ def serve(settings: Settings) -> int:
     logs.setup(level=settings.log_level, json_logs=settings.json_logs, secrets=[secret])
     if settings.reload:
         return _serve_reload(settings)
-    if settings.workers > 1:
+    from ember import early, gpus
+
+    devices = gpus.worker_plan(settings)
+    if len(devices) > 1:
         from ember.workers import supervise
 
-        return supervise(settings)
-    from ember import early
+        return supervise(settings, devices, early.take(host=settings.host, port=settings.port))
     from ember.engine.registry import Engines
 
     engines = Engines(settings)

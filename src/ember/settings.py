@@ -182,9 +182,11 @@ class Settings(BaseSettings):
     torch_native: bool = True
     """Run BERT-shaped models with ember's own torch encoder (no transformers import: seconds
     less to ready); off: transformers for every model."""
-    workers: int = Field(default=1, ge=1)
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     """Replica processes serving one port (SO_REUSEPORT), each with its own model copy; `/ready`
-    says 200 only when all are warm. On a GPU, 2-4 lift the Python ceiling (docs/gpu.md)."""
+    says 200 only when all are warm. `auto`: one process on CPU; on CUDA up to 4 per GPU (one
+    per 4 host cores, as many as its memory holds), each GPU served by its own workers
+    (ember/gpus.py, docs/gpu.md)."""
     worker_heartbeat_timeout: float = Field(default=5.0, gt=0)
     """With `--workers`: seconds without a heartbeat from a worker's event loop (it beats every
     0.1 s) after which the supervisor kills and replaces it as hung."""

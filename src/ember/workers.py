@@ -34,36 +34,33 @@ Prometheus scrapes reach one child at a time: each serves its own /metrics.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ember.settings import Settings
+from ember.worker_state import _CODES, _READY, SharedState, remove_orphans
+
+if TYPE_CHECKING:
+    from ember.settings import Settings
+
+__all__ = ["ReadyGate", "SharedState", "remove_orphans", "reuseport_socket", "supervise"]
 
 log = logging.getLogger("ember.workers")
 
-_CODES = {"starting": 1, "loading": 2, "warming": 3, "ready": 4, "failed": 5, "draining": 6}
-_READY = _CODES["ready"]
 _BACKLOG = 2048
-_PREFIX = "ember-workers-"
-_SLOT = 16  # per worker: its stage code (byte 0) and its last heartbeat (bytes 8-16, monotonic)
 _BEAT_SECONDS = 0.1
-_FRESH_SECONDS = 1.0  # a ready worker counts for /ready only with a heartbeat this recent
 _BACKOFF = (0.5, 10.0)
 # A worker answers its last requests by the shutdown timeout + 0.2 s and exits well within 1 s
 # after it; one still there after this (stopped, stuck) is killed, so the whole server is gone
@@ -88,67 +85,6 @@ def _settings_payload(settings: Settings, *, port: int) -> bytes:
     return orjson.dumps(data)
 
 
-class SharedState:
-    """The file the workers share: one slot per worker with its stage code and heartbeat.
-    `time.monotonic` is CLOCK_MONOTONIC, one clock for every process of the machine."""
-
-    def __init__(self, path: Path, *, workers: int) -> None:
-        self.path = path
-        self.workers = workers
-        self._fd = os.open(path, os.O_RDWR)
-
-    @classmethod
-    def create(cls, *, workers: int) -> SharedState:
-        folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-        remove_orphans(folder)
-        fd, name = tempfile.mkstemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=folder)
-        os.write(fd, bytes(_SLOT * workers))
-        os.close(fd)
-        return cls(Path(name), workers=workers)
-
-    def publish(self, index: int, code: int) -> None:
-        os.pwrite(self._fd, bytes([code]), _SLOT * index)
-
-    def beat(self, index: int, at: float) -> None:
-        os.pwrite(self._fd, struct.pack("d", at), _SLOT * index + 8)
-
-    def clear(self, index: int) -> None:
-        os.pwrite(self._fd, bytes(_SLOT), _SLOT * index)
-
-    def read(self) -> list[tuple[int, float]]:
-        """(stage code, last heartbeat) per worker."""
-        raw = os.pread(self._fd, _SLOT * self.workers, 0)
-        return [
-            (raw[i * _SLOT], struct.unpack_from("d", raw, i * _SLOT + 8)[0])
-            for i in range(self.workers)
-        ]
-
-    def ready_count(self) -> int:
-        now = time.monotonic()
-        return sum(code == _READY and now - beat < _FRESH_SECONDS for code, beat in self.read())
-
-    def close(self, *, remove: bool) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
-        if remove:
-            self.path.unlink(missing_ok=True)
-
-
-def remove_orphans(folder: Path) -> list[Path]:
-    """Remove the shared files of supervisors that no longer run (killed outright)."""
-    removed = []
-    for path in folder.glob(f"{_PREFIX}*"):
-        try:
-            pid = int(path.name[len(_PREFIX) :].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            path.unlink(missing_ok=True)
-            removed.append(path)
-        except (ValueError, PermissionError):
-            continue  # not ours, or another user's live supervisor
-    return removed
-
-
 # --- supervisor -------------------------------------------------------------------------------
 
 
@@ -162,12 +98,20 @@ class _Slot:
     ready_once: bool = False
 
 
-def supervise(settings: Settings) -> int:
-    """Run `settings.workers` replicas, replacing any that dies or hangs, until a signal."""
-    n = settings.workers
+def supervise(
+    settings: Settings, devices: list[str | None], listener: socket.socket | None = None
+) -> int:
+    """Run a replica per entry of `devices` (its CUDA_VISIBLE_DEVICES, None: inherited),
+    replacing any that dies or hangs, until a signal. `listener`: the port `python -m ember`
+    bound and answered probes on before any heavy import (ember.early); the first worker
+    inherits it and answers on it from its own first moment, so no probe goes unanswered."""
+    from ember import gpus
+
+    n = len(devices)
     # Port 0: pick one free port for all. The reserving socket never listens, so the kernel
     # sends it no connections; it only keeps the port ours while children (re)bind it.
-    reserve = reuseport_socket(settings.host, settings.port)
+    wanted = listener.getsockname()[1] if listener is not None else settings.port
+    reserve = reuseport_socket(settings.host, wanted)
     port = reserve.getsockname()[1]
     state = SharedState.create(workers=n)
     payload = _settings_payload(settings, port=port)
@@ -175,6 +119,10 @@ def supervise(settings: Settings) -> int:
 
     def start(slot: _Slot) -> None:
         state.clear(slot.index)
+        env = dict(os.environ)
+        if devices[slot.index] is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(devices[slot.index])
+        inherit = listener is not None and slot.index == 0 and not slot.restarts
         # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which passes
         # it on once (a second signal would make a child skip draining).
         child = subprocess.Popen(
@@ -182,9 +130,13 @@ def supervise(settings: Settings) -> int:
                 *(sys.executable, "-m", "ember.workers"),
                 *(str(slot.index), str(n), str(state.path)),
                 *(["late"] if slot.restarts else []),
+                f"plan={gpus.encode_plan(devices)}",
+                *([f"fd={listener.fileno()}"] if inherit and listener else []),
             ],
             stdin=subprocess.PIPE,
             process_group=0,
+            env=env,
+            pass_fds=(listener.fileno(),) if inherit and listener else (),
         )
         assert child.stdin is not None
         child.stdin.write(payload)
@@ -194,9 +146,12 @@ def supervise(settings: Settings) -> int:
     begun = time.monotonic()
     for slot in slots:
         start(slot)
+    if listener is not None:
+        listener.close()  # the first worker holds it now; a replacement binds its own
     log.info(
-        "started %d workers on port %d (pids %s)", n, port, [s.child.pid for s in slots if s.child]
-    )
+        "started %d workers on port %d (pids %s, CUDA_VISIBLE_DEVICES %s)",
+        n, port, [s.child.pid for s in slots if s.child], devices,
+    )  # fmt: skip
 
     stopping = threading.Event()
     stop_deadline = [float("inf")]
@@ -365,11 +320,30 @@ class ReadyGate:
 
 
 def worker_main(argv: list[str]) -> int:
-    """`python -m ember.workers INDEX COUNT STATE [late]`, settings as JSON on stdin; `late`: a
-    replacement, which takes connections on the shared port only once ready."""
+    """`python -m ember.workers INDEX COUNT STATE [late] plan=D,D.. [fd=N]`, settings as JSON on
+    stdin; `plan`: every worker's CUDA_VISIBLE_DEVICES (`-`: inherited), for /info;
+    `late`: a replacement, which takes connections on the shared port only once ready; `fd=N`:
+    the supervisor's listening socket to serve on (already bound and listening)."""
     index, workers, state = int(argv[0]), int(argv[1]), Path(argv[2])
-    late = argv[3:] == ["late"]
-    settings = Settings.model_validate(json.loads(sys.stdin.buffer.read()))
+    late = "late" in argv[3:]
+    inherited = next((int(a[3:]) for a in argv[3:] if a.startswith("fd=")), None)
+    plan = next((a[5:] for a in argv[3:] if a.startswith("plan=")), "-," * (workers - 1) + "-")
+    raw = json.loads(sys.stdin.buffer.read())
+    from ember import early, gpus
+
+    gpus.set_role(worker=index, devices=gpus.decode_plan(plan))
+
+    if not late:
+        # Probes from this process's first moment, before pydantic and the web stack import.
+        sock = socket.socket(fileno=inherited) if inherited is not None else None
+        if sock is None:
+            sock = reuseport_socket(raw["host"], raw["port"])
+            sock.listen(_BACKLOG)
+        early.answer_on(sock, host=raw["host"], port=raw["port"])
+    early.warm_cuda(raw["device"])
+    from ember.settings import Settings
+
+    settings = Settings.model_validate(raw)
     from ember import logs
 
     secret = settings.api_key.get_secret_value() if settings.api_key else ""
@@ -386,6 +360,7 @@ def worker_main(argv: list[str]) -> int:
 
     threading.Thread(target=orphaned, name="ember-parent-watch", daemon=True).start()
     engines = Engines(settings)
+    early.describe_with(engines.snapshot)
     engines.preload()  # load on a thread while the web stack imports, as `ember serve` does
     from ember.http.app import create_app
     from ember.http.serving import server
@@ -402,8 +377,9 @@ def worker_main(argv: list[str]) -> int:
         sock.listen(1)
         gate.on_ready = lambda: _join_port(served, settings)
     else:
-        sock = reuseport_socket(settings.host, settings.port)
-        sock.listen(_BACKLOG)
+        taken = early.take(host=settings.host, port=settings.port)
+        assert taken is not None  # answer_on registered it above
+        sock = taken
     served.run(sockets=[sock])
 
     return logs.exit_now(0)

@@ -14,30 +14,53 @@ from ember import early
 @pytest.mark.parametrize(
     "argv, env, expected",
     [
-        ([], {}, ("0.0.0.0", 8080)),
-        (["serve", "--port", "9000", "--host=127.0.0.1"], {}, ("127.0.0.1", 9000)),
-        (["serve"], {"EMBER_PORT": "7000", "EMBER_HOST": "::1"}, ("::1", 7000)),
-        (["serve", "--port", "1"], {"EMBER_PORT": "7000"}, ("0.0.0.0", 1)),  # flags win
+        ([], {}, ("0.0.0.0", 8080, False)),
+        (["serve", "--port", "9000", "--host=127.0.0.1"], {}, ("127.0.0.1", 9000, False)),
+        (["serve"], {"EMBER_PORT": "7000", "EMBER_HOST": "::1"}, ("::1", 7000, False)),
+        (["serve", "--port", "1"], {"EMBER_PORT": "7000"}, ("0.0.0.0", 1, False)),  # flags win
         (["prepare"], {}, None),
         (["serve", "--help"], {}, None),
         (["serve", "--reload"], {}, None),
         (["serve"], {"EMBER_RELOAD": "true"}, None),
-        (["serve", "--workers", "2"], {}, None),  # each worker binds its own socket
-        (["serve"], {"EMBER_WORKERS": "4"}, None),
+        # Several workers: the socket joins their SO_REUSEPORT group (the first one inherits it).
+        (["serve", "--workers", "2"], {}, ("0.0.0.0", 8080, True)),
+        (["serve"], {"EMBER_WORKERS": "4"}, ("0.0.0.0", 8080, True)),
+        (["serve", "--workers", "1"], {}, ("0.0.0.0", 8080, False)),
+        # `auto` means several only on CUDA, which --device cpu rules out on any host.
+        (["serve", "--device", "cpu"], {"EMBER_WORKERS": "auto"}, ("0.0.0.0", 8080, False)),
         (["serve", "--port", "http"], {}, None),  # Settings reports what is wrong
+        (["serve", "--workers", "many"], {}, None),
     ],
 )
 def test_which_command_lines_listen_early(
     argv: list[str],
     env: dict[str, str],
-    expected: tuple[str, int] | None,
+    expected: tuple[str, int, bool] | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in ("EMBER_PORT", "EMBER_HOST", "EMBER_RELOAD", "EMBER_WORKERS"):
+    for name in ("EMBER_PORT", "EMBER_HOST", "EMBER_RELOAD", "EMBER_WORKERS", "EMBER_DEVICE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(early, "cuda_likely", lambda device: False)  # a CPU host, wherever run
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert early._address(argv) == expected
+
+
+def test_auto_workers_share_the_port_on_a_cuda_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("EMBER_WORKERS", "EMBER_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(early, "cuda_likely", lambda device: device in ("auto", "cuda"))
+    assert early._address(["serve"]) == ("0.0.0.0", 8080, True)
+    assert early._address(["serve", "--device", "cpu"]) == ("0.0.0.0", 8080, False)
+    assert early._address(["serve", "--workers", "1"]) == ("0.0.0.0", 8080, False)
+
+
+def test_warm_cuda_does_nothing_off_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    before = threading.active_count()
+    early.warm_cuda("cpu")
+    assert threading.active_count() == before
 
 
 def _ask(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 from ember.backends.base import Backend
+from ember.gpus import cuda_likely
 from ember.models import ModelSpec
 from ember.settings import Settings
 
 log = logging.getLogger("ember.backends")
 
 
-def cuda_present() -> bool:
-    """Whether an NVIDIA driver is loaded, without importing torch (cheap on CPU hosts)."""
-    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
-
-
 def resolve_device(settings: Settings) -> str:
     if settings.device != "auto":
         return settings.device
-    if cuda_present() and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != "":
-        import importlib.util
-
-        if any(importlib.util.find_spec(m) is not None for m in ("cupy", "torch")):
-            return "cuda"
-    return "cpu"
+    return "cuda" if cuda_likely("auto") else "cpu"
 
 
 def resolve_backend(settings: Settings, device: str, spec: ModelSpec) -> str:

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from ember import __version__
+from ember import __version__, gpus
 from ember.engine.model import ModelEngine
 from ember.engine.tokenizer import Item, check_ids, decode_ids, vocab_size
 from ember.errors import NotReady, WrongTask
@@ -170,6 +170,7 @@ async def info(engines: EnginesDep, settings: SettingsDep) -> Response:
         "payload_limit": settings.payload_limit,
         "cores": settings.available_cores(),
         "threads": settings.intra_op_threads(),
+        "workers": gpus.role(),
         "models": [m.describe() for m in engines.models],
     }
     if first is not None:
