@@ -51,7 +51,11 @@ def is_oom(exc: BaseException, *types: type[BaseException]) -> bool:
 
 
 GPU_SEQ = (16, 32, 64, 128, 256, 512)
-"""Default padded lengths on CUDA: every shape is a separate kernel plan or graph."""
+"""Default padded lengths of torch on CUDA: every shape is a separate kernel plan or graph."""
+CUPY_SEQ = (*range(16, 256, 16), *range(256, 513, 32))
+"""The CuPy backend's padded lengths: steps of 16 to 256, then 32 (202 tokens pad to 208, not
+256: on a compute-bound batch padding costs what real tokens do). Every shape is a CUDA graph
+captured at warm-up; `benchmarks/gpu/attention.py` measures what the set costs to warm."""
 TORCH_CPU_SEQ = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 """torch on CPU plans per shape too, but pays for padding like onnx: steps of about 1.5x."""
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ember.backends.base import (
-    GPU_SEQ,
+    CUPY_SEQ,
     Batch,
     Capabilities,
     DeviceOutOfMemory,
@@ -146,7 +146,7 @@ class CupyBackend:
         self.capabilities = Capabilities(
             device="cuda",
             lengths="coarse",
-            seq_buckets=GPU_SEQ,
+            seq_buckets=CUPY_SEQ,
             pads_rows=True,
             warm="all",
             output_width=self.width,
