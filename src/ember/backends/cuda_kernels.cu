@@ -225,6 +225,11 @@ __device__ __forceinline__ unsigned shared_pair(const half* p) {
   return *reinterpret_cast<const unsigned*>(p);
 }
 
+// p[0] and p[stride] (one dim of two consecutive keys) as a pair, p[0] in the low half.
+__device__ __forceinline__ unsigned key_pair(const half* p, int stride) {
+  return (unsigned)__half_as_ushort(p[0]) | ((unsigned)__half_as_ushort(p[stride]) << 16);
+}
+
 // Two consecutive values of x + bias, rounded to fp16 as split_heads rounds them.
 __device__ __forceinline__ unsigned biased_pair(const half* x, const half* bias) {
   const float2 a = __half22float2(*reinterpret_cast<const __half2*>(x));
@@ -240,9 +245,9 @@ template <int D>
 __device__ void flash_block(half* out, const half* qkv, const half* bias, const int* mask,
                             int seq, int heads, float scale) {
   extern __shared__ __align__(16) unsigned char smem[];
-  half* ks = reinterpret_cast<half*>(smem);        // (FLASH_K, D + PAD): keys, row-major
-  half* vt = ks + FLASH_K * (D + FLASH_PAD);       // (D, FLASH_K + PAD): values, transposed
-  float* key_bias = reinterpret_cast<float*>(vt + D * (FLASH_K + FLASH_PAD));  // 0 or -inf
+  half* ks = reinterpret_cast<half*>(smem);   // (FLASH_K, D + PAD): keys
+  half* vs = ks + FLASH_K * (D + FLASH_PAD);  // (FLASH_K, D + PAD): values
+  float* key_bias = reinterpret_cast<float*>(vs + FLASH_K * (D + FLASH_PAD));  // 0 or -inf
 
   const int q_blocks = (seq + FLASH_Q - 1) / FLASH_Q;
   const int qb = blockIdx.x % q_blocks;
@@ -280,11 +285,10 @@ __device__ void flash_block(half* out, const half* qkv, const half* bias, const 
   for (int k0 = 0; k0 < seq; k0 += FLASH_K) {
     __syncthreads();  // the previous tile is no longer read
     // K and V of keys k0 .. k0 + FLASH_K with their bias (zeros past the end): 8 values a
-    // thread, one 16-byte load each of K, V and their biases.
+    // thread, one 16-byte load each of K, V and their biases, one 16-byte store each.
     for (int i = threadIdx.x; i < FLASH_K * D / 8; i += blockDim.x) {
       const int key = i / (D / 8), d = (i % (D / 8)) * 8;
-      uint4 k8 = make_uint4(0u, 0u, 0u, 0u);
-      half v8[8];
+      uint4 k8 = make_uint4(0u, 0u, 0u, 0u), v8 = k8;
       if (k0 + key < seq) {
         const half* kp = base + (long)(k0 + key) * stride + hidden + h * D + d;
         const half* kb = bias + hidden + h * D + d;
@@ -297,18 +301,15 @@ __device__ void flash_block(half* out, const half* qkv, const half* bias, const 
         const half* kbh = reinterpret_cast<const half*>(&kbr);
         const half* vbh = reinterpret_cast<const half*>(&vbr);
         unsigned* k2 = reinterpret_cast<unsigned*>(&k8);
+        unsigned* v2 = reinterpret_cast<unsigned*>(&v8);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) k2[j] = biased_pair(kh + 2 * j, kbh + 2 * j);
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          v8[j] = __float2half(__half2float(vh[j]) + __half2float(vbh[j]));
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v8[j] = __float2half(0.f);
+        for (int j = 0; j < 4; ++j) {
+          k2[j] = biased_pair(kh + 2 * j, kbh + 2 * j);
+          v2[j] = biased_pair(vh + 2 * j, vbh + 2 * j);
+        }
       }
       *reinterpret_cast<uint4*>(ks + key * (D + FLASH_PAD) + d) = k8;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) vt[(d + j) * (FLASH_K + FLASH_PAD) + key] = v8[j];
+      *reinterpret_cast<uint4*>(vs + key * (D + FLASH_PAD) + d) = v8;
     }
     for (int j = threadIdx.x; j < FLASH_K; j += blockDim.x)
       key_bias[j] = (k0 + j < seq && m[k0 + j]) ? 0.f : NEG_INF;
@@ -364,11 +365,13 @@ __device__ void flash_block(half* out, const half* qkv, const half* bias, const 
           pack_half2(s[2 * kc][0], s[2 * kc][1]), pack_half2(s[2 * kc][2], s[2 * kc][3]),
           pack_half2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
           pack_half2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      // V's B fragment pairs two keys of one dim: two 16-bit loads per register (the rows
+      // are 16 bytes apart in banks, so the warp's loads never conflict).
+      const int row = D + FLASH_PAD;
+      const half* v0 = vs + (kc * 16 + 2 * t) * row + g;
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const half* vrow = vt + (n * 8 + g) * (FLASH_K + FLASH_PAD) + kc * 16 + 2 * t;
-        mma_16816(acc[n], pa, shared_pair(vrow), shared_pair(vrow + 8));
-      }
+      for (int n = 0; n < D / 8; ++n)
+        mma_16816(acc[n], pa, key_pair(v0 + n * 8, row), key_pair(v0 + 8 * row + n * 8, row));
     }
   }
   if (!active) return;

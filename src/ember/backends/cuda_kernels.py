@@ -217,9 +217,8 @@ class Kernels:
         if dim not in FLASH_DIMS:
             raise ValueError(f"flash_attention takes head sizes {FLASH_DIMS}, not {dim}")
         blocks = rows * heads * ((seq + _FLASH_Q - 1) // _FLASH_Q)
-        # Keys (FLASH_K, dim + pad) and transposed values (dim, FLASH_K + pad) in fp16, then one
-        # float per key for the mask.
-        shared = 2 * (_FLASH_K * (dim + _FLASH_PAD) + dim * (_FLASH_K + _FLASH_PAD)) + 4 * _FLASH_K
+        # Keys and values, each (FLASH_K, dim + pad) in fp16, then one float per key for the mask.
+        shared = 2 * 2 * _FLASH_K * (dim + _FLASH_PAD) + 4 * _FLASH_K
         self._launch(
             "flash_attention", blocks, _FLASH_THREADS, shared_mem=shared, out=out, qkv=qkv,
             bias=bias, mask=mask, seq=seq, heads=heads, dim=dim, scale=scale,

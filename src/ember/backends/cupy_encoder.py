@@ -27,8 +27,9 @@ _LAYER = ("qkv_w", "qkv_b", "out_w", "out_b", "ln1_w", "ln1_b", "up_w", "up_b", 
 
 FLASH_FROM = 0
 """Shortest padded length whose attention runs fused (`flash_attention`: no scores in memory);
-shorter ones materialise fp32 scores (two batched GEMMs and a softmax). Set from the per-shape
-comparison in `benchmarks/gpu/attention.py`."""
+shorter ones materialise fp32 scores (two batched GEMMs and a softmax). 0: fused at every
+length, since it was faster at each one measured (`benchmarks/gpu/attention.py` on the H200:
+attention alone 2.2-7x, the BERT-base-sized forward 1.3-1.6x, MiniLM 1.45-1.86x)."""
 
 
 def flash_from(config: EncoderConfig) -> int | None:
@@ -83,14 +84,16 @@ class Workspace:
         self.x = cp.empty(tokens * h, dtype=cp.float16)
         self.x2 = cp.empty(tokens * h, dtype=cp.float16)
         self.tmp = cp.empty(tokens * max(3 * h, config.intermediate), dtype=cp.float16)
-        self.heads = cp.empty(3 * tokens * h, dtype=cp.float16)
         if scored_seq is None:
             fused = flash_from(config)
             scored_seq = seq if fused is None else min(seq, fused - 1)
-        # Score rows for every (row, head, query) of any batch that fits (rows·seq ≤ tokens), of
-        # up to `scored_seq` keys each.
-        self.scores = cp.empty(tokens * max(scored_seq, 0) * config.heads, dtype=cp.float32)
-        self.probs = cp.empty(tokens * max(scored_seq, 0) * config.heads, dtype=cp.float16)
+        scored_seq = max(scored_seq, 0)
+        # Split heads, and score rows for every (row, head, query) of any batch that fits
+        # (rows·seq ≤ tokens) of up to `scored_seq` keys each: the unfused attention's buffers
+        # (none where every length is fused).
+        self.heads = cp.empty(3 * tokens * h if scored_seq else 0, dtype=cp.float16)
+        self.scores = cp.empty(tokens * scored_seq * config.heads, dtype=cp.float32)
+        self.probs = cp.empty(tokens * scored_seq * config.heads, dtype=cp.float16)
         # One output row per batch row; rows ≤ tokens whatever the length.
         self.out = cp.empty(tokens * width, dtype=cp.float32)
 

@@ -85,8 +85,8 @@ def test_flash_attention_launches_a_block_per_64_queries_with_its_tiles_in_share
     )
     ((_, grid, block, _, shared),) = recorder.launches
     assert grid == (32 * 12 * 4,) and block == (128,)
-    # K (64, 64 + 8) and transposed V (64, 64 + 8) in fp16, a float of mask per key: under the
-    # 48 KiB a block gets without opting in.
+    # K and V (64, 64 + 8) in fp16, a float of mask per key: under the 48 KiB a block gets
+    # without opting in.
     assert shared == 2 * 64 * 72 * 2 + 64 * 4 < 48 * 1024
 
 
