@@ -12,8 +12,8 @@ Sections, each failure-isolated (its error is recorded, the rest still run):
 - `forward`: each model's backend (`--bert-base`, `--minilm`) with the fused attention from
   length 0 and never: `backend.run` end to end per shape (graph replay, median of 20).
 - `warmup`: every shape of a bucket set, largest first, on a fresh backend (what warm-up runs
-  in the backend), for the old and the new sets: seconds, shapes, and per-shape first /
-  capture / replay ms.
+  in the backend): GPU_SEQ and CUPY_SEQ for every batch at 32768 tokens, and the backend's
+  own default buckets; seconds, shapes, and per-shape first / capture / replay ms.
 The JSON's `flash_from` is the shortest length from which the fused kernel was faster at every
 longer length measured (forward, BERT-base-sized model, 32 rows and full batches).
 """
@@ -308,18 +308,29 @@ def section_forward(path: str, lengths: list[int]) -> list[dict[str, Any]]:
 
 
 def section_warmup(path: str, sets: dict[str, tuple[int, ...]], flash_from: int) -> dict[str, Any]:
+    """Each set of lengths at TOKENS per batch, then the backend's own default buckets."""
+    from ember.settings import Settings
+
     spec = inspect_model(path)
     rng = np.random.default_rng(1)
     out = {}
-    for label, seq_set in sets.items():
-        buckets = Buckets.build(
-            max_length=spec.max_length,
-            seq_buckets=seq_set,
-            row_buckets=[],
-            max_tokens=TOKENS,
-            max_rows=256,
-            pads_rows=True,
-        )
+    for label, seq_set in [*sets.items(), ("backend_default", ())]:
+        if seq_set:
+            buckets = Buckets.build(
+                max_length=spec.max_length,
+                seq_buckets=seq_set,
+                row_buckets=[],
+                max_tokens=TOKENS,
+                max_rows=256,
+                pads_rows=True,
+            )
+        else:
+            probe = _backend(path, flash_from)
+            caps = probe.capabilities
+            probe.close()
+            buckets = Buckets.for_backend(
+                caps, Settings(), max_length=spec.max_length, min_length=1
+            )
         backend = _backend(path, flash_from)
         shapes = buckets.shapes()
         t0 = time.perf_counter()
@@ -329,6 +340,9 @@ def section_warmup(path: str, sets: dict[str, tuple[int, ...]], flash_from: int)
         report = backend.shape_report()
         out[label] = {
             "seq": list(buckets.seq),
+            "small_batch_seq": list(buckets.small_batch_seq),
+            "fine_rows": buckets.fine_rows,
+            "max_tokens": buckets.max_tokens,
             "shapes": len(shapes),
             "seconds": round(total, 3),
             "first_ms_sum": round(sum(r["first_ms"] for r in report), 1),

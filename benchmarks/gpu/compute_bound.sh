@@ -53,7 +53,7 @@ flash_from() {
 served() {
   local label=$1 src=$2 model=$3 extra=$4 specs=$5 ff pid t0 ready
   ff=""; [ "$src" = "$ROOT/src" ] && ff=$(flash_from)
-  t0=$(date +%s.%N)
+  t0=$("$PY" -c 'import time; print(time.time())')
   setsid env EMBER_TEST_FLASH_FROM="$ff" PYTHONPATH="/tmp/ff:/tmp/site:$src" "$PY" -m ember serve \
     --host 127.0.0.1 --port 8700 --model "$model" --exit-on-failure $extra > "$R/$label.server.log" 2>&1 &
   pid=$!
@@ -61,7 +61,7 @@ served() {
     curl -sf -o /dev/null http://127.0.0.1:8700/ready && break
     sleep 0.05
   done
-  ready=$(echo "$(date +%s.%N) - $t0" | bc)
+  ready=$("$PY" -c "import time; print(round(time.time() - $t0, 2))")
   log "$label ready after $ready s (flash_from=${ff:-default})"
   curl -s http://127.0.0.1:8700/info > "$R/$label.info.json"
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 100 > "$R/smi-$label.csv" 2>/dev/null &
