@@ -154,8 +154,9 @@ class CupyBackend:
             pads_rows=True,
             warm="all",
             output_width=self.width,
-            # Half torch's: with the finer lengths, 32768 took the BERT-base-sized warm-up
-            # from 0.52 to 1.56 s (the largest shapes' compute), 16384 to 0.87 s.
+            # Half torch's: with the finer lengths, 32768 tokens would warm the BERT-base-sized
+            # model in ~1.6 s of backend time (the largest shapes' compute), 16384 in ~0.9 s
+            # (per-shape timings: RESULTS-gpu.md, session 18).
             max_batch_tokens=16384,
             max_batch_rows=256,
             oom=DeviceOutOfMemory,

@@ -26,6 +26,7 @@ class Buckets:
     """Padded lengths, a subset of `seq`, for batches of fewer than `fine_rows` padded rows
     (where the length fits the token budget); empty: `seq` for every batch."""
     fine_rows: int = 0
+    """Padded rows from which a batch is padded to `seq` rather than `small_batch_seq`."""
 
     @classmethod
     def build(
@@ -59,14 +60,14 @@ class Buckets:
             rows.append(max_rows)
         else:
             rows = list(range(1, max_rows + 1))
-        small = (
-            sorted({b for b in small_batch_seq if b in seq} | {seq[-1]}) if fine_rows > 1 else []
-        )
+        small: tuple[int, ...] = ()
+        if small_batch_seq and fine_rows > 1:
+            small = tuple(sorted({b for b in small_batch_seq if b in seq} | {seq[-1]}))
         return cls(
             seq=tuple(seq),
             rows=tuple(rows),
             max_tokens=max(max_tokens, max_length),
-            small_batch_seq=tuple(small) if small_batch_seq else (),
+            small_batch_seq=small,
             fine_rows=fine_rows,
         )
 
@@ -76,7 +77,7 @@ class Buckets:
     ) -> Buckets:
         """The settings' buckets, with the backend's defaults where the settings say nothing."""
         default_seq = capabilities.seq_buckets if capabilities.lengths == "coarse" else ()
-        by_backend = default_seq and not settings.seq_buckets
+        by_backend = bool(default_seq) and not settings.seq_buckets
         return cls.build(
             max_length=max_length,
             min_length=min_length,
