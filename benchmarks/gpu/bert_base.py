@@ -1,62 +1,63 @@
-"""A BERT-base-sized model (12 layers, hidden 768, 110M parameters) with random weights, built
-from the all-MiniLM-L6-v2 folder (same tokenizer, pooling and names) with numpy alone, so that
-building it imports no torch and the start measured after it is cold for torch.
+"""A BERT-base-sized embedding model with random weights (110M parameters: hidden 768, 12
+layers, 12 heads, intermediate 3072, max length 512; mean pooling), built from transformers'
+default `BertConfig` and the tokenizer of another sentence-transformers BERT folder (the built-in
+all-MiniLM-L6-v2: the same uncased WordPiece vocabulary). What issue 16's compute-bound figures
+run on the GPU; no download needed.
 
-    python benchmarks/gpu/bert_base.py SRC_MINILM_DIR DEST_DIR
-
-Every matrix is N(0, 0.02) (BERT's initializer), LayerNorm weights 1 and biases 0; the random
-weights do not matter for time to ready or throughput, only the shapes do.
+    python benchmarks/gpu/bert_base.py --tokenizer-from /tmp/minilm-fp32 --out /tmp/bert-base
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import re
 import shutil
-import sys
 from pathlib import Path
 
-import numpy as np
-from safetensors.numpy import load_file, save_file
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 
-LAYERS, HIDDEN, HEADS, FFN = 12, 768, 12, 3072
 
+def build(source: Path, out: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
 
-def build(src: Path, dest: Path) -> Path:
-    if (dest / "model.safetensors").is_file():
-        return dest
-    shutil.copytree(src, dest, dirs_exist_ok=True)
-    config = json.loads((src / "config.json").read_text())
-    old_hidden, old_ffn = config["hidden_size"], config["intermediate_size"]
-    config.update(
-        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=FFN, _name_or_path="random-bert-base",
-    )  # fmt: skip
-    (dest / "config.json").write_text(json.dumps(config, indent=2))
-    rng = np.random.default_rng(0)
-    out: dict[str, np.ndarray] = {}
-    for name, tensor in load_file(str(src / "model.safetensors")).items():
-        match = re.search(r"layer\.(\d+)\.", name)
-        if match and match.group(1) != "0":
-            continue
-        shape = tuple(
-            HIDDEN if d == old_hidden else FFN if d == old_ffn else d for d in tensor.shape
+    torch.manual_seed(seed)
+    config = BertConfig()  # bert-base-uncased's shape
+    model = BertModel(config, add_pooling_layer=False).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(source / name, out / name)
+    st = "sentence_transformers.models"
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": f"{st}.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": f"{st}.Pooling"},
+    ]
+    (out / "modules.json").write_text(json.dumps(modules))
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 512, "do_lower_case": False})
+    )
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {"word_embedding_dimension": config.hidden_size, "pooling_mode_mean_tokens": True}
         )
-        for i in range(LAYERS) if match else [None]:
-            key = name.replace("layer.0.", f"layer.{i}.") if i is not None else name
-            if tensor.dtype.kind != "f":
-                out[key] = tensor
-            elif "LayerNorm.weight" in name:
-                out[key] = np.ones(shape, np.float32)
-            elif len(shape) == 1:
-                out[key] = np.zeros(shape, np.float32)
-            else:
-                out[key] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
-    save_file(out, str(dest / "model.safetensors"), metadata={"format": "pt"})
-    params = sum(v.size for v in out.values())
-    print(f"{dest}: {params / 1e6:.1f}M parameters")
-    return dest
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokenizer-from", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    print(build(args.tokenizer_from, args.out))
 
 
 if __name__ == "__main__":
-    build(Path(sys.argv[1]), Path(sys.argv[2]))
+    main()

@@ -236,8 +236,9 @@ if os.environ.get("SWITCH_INTERVAL"): sys.setswitchinterval(float(os.environ["SW
       )
       save
       ;;
-    bert-base)  # a BERT-base-sized (110M) random-weight model at /tmp/bert-base (numpy only)
-      PYTHONPATH=$EMBER_PATH "$PY" benchmarks/gpu/bert_base.py "$MODEL" /tmp/bert-base
+    bert-base)  # a BERT-base-sized (110M) random-weight model at /tmp/bert-base
+      PYTHONPATH=$EMBER_PATH "$PY" benchmarks/gpu/bert_base.py --tokenizer-from "$MODEL" \
+        --out /tmp/bert-base
       ;;
     split)  # each start phase alone, fresh interpreter per probe (benchmarks/gpu/startup_split.py)
       (

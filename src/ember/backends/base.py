@@ -51,7 +51,13 @@ def is_oom(exc: BaseException, *types: type[BaseException]) -> bool:
 
 
 GPU_SEQ = (16, 32, 64, 128, 256, 512)
-"""Default padded lengths on CUDA: every shape is a separate kernel plan or graph."""
+"""Default padded lengths of torch on CUDA: every shape is a separate kernel plan or graph."""
+CUPY_SEQ = (*range(16, 256, 16), *range(256, 513, 32))
+"""The CuPy backend's padded lengths for batches of CUPY_FINE_ROWS rows or more: steps of 16 to
+256, then 32 (202 tokens pad to 208, not 256: on a compute-bound batch padding costs what real
+tokens do); smaller batches keep GPU_SEQ. Every shape is a CUDA graph captured at warm-up:
+`benchmarks/gpu/attention.py` measures what a set costs to warm (RESULTS-gpu.md, session 18)."""
+CUPY_FINE_ROWS = 32
 TORCH_CPU_SEQ = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 """torch on CPU plans per shape too, but pays for padding like onnx: steps of about 1.5x."""
 
@@ -80,6 +86,12 @@ class Capabilities:
     each planned or captured once (oneDNN, CUDA graphs)."""
     seq_buckets: tuple[int, ...] = ()
     """Default padded lengths with `coarse` lengths (capped at the model's max length)."""
+    small_batch_seq: tuple[int, ...] = ()
+    """Padded lengths for batches of fewer than `fine_rows` padded rows, a subset of
+    `seq_buckets` (empty: `seq_buckets` for every batch). A small batch is launch-bound, so
+    padding costs it little, while every shape costs a capture at warm-up."""
+    fine_rows: int = 0
+    """Padded rows from which a batch gets the finer `seq_buckets`."""
     pads_rows: bool = False
     """Rows are padded to power-of-two row buckets (`False`: every row count is a shape)."""
     warm: Literal["all", "cover"] = "all"

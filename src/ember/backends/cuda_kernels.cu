@@ -194,3 +194,215 @@ extern "C" __global__ void take_cls(half* out, const half* x, int seq, int hidde
   const long b = i / hidden;
   out[i] = x[b * seq * hidden + i % hidden];
 }
+
+// --- fused attention ------------------------------------------------------------------------
+// FlashAttention-2's schedule with Ampere-style tensor-core MMAs (mma.sync m16n8k16: fp16
+// operands, fp32 accumulation), which Hopper runs too. One block of FLASH_WARPS warps takes
+// FLASH_Q queries of one (row, head); each warp owns 16 queries and keeps their scores, running
+// max, running sum and output in registers, so no score is ever written to memory. Keys and
+// values come through shared memory FLASH_K at a time. Q, K and V are read straight from the QKV
+// GEMM's output (tokens, 3, heads, dim) with its bias added, and the context is written in the
+// merged (tokens, heads * dim) layout: no split or merge kernel.
+#define FLASH_WARPS 4
+#define FLASH_Q (16 * FLASH_WARPS)
+#define FLASH_K 64
+#define FLASH_PAD 8  // halves after each shared row: 16 bytes, so fragment loads avoid bank conflicts
+
+__device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const unsigned*>(&h);
+}
+
+__device__ __forceinline__ unsigned shared_pair(const half* p) {
+  return *reinterpret_cast<const unsigned*>(p);
+}
+
+// p[0] and p[stride] (one dim of two consecutive keys) as a pair, p[0] in the low half.
+__device__ __forceinline__ unsigned key_pair(const half* p, int stride) {
+  return (unsigned)__half_as_ushort(p[0]) | ((unsigned)__half_as_ushort(p[stride]) << 16);
+}
+
+// Two consecutive values of x + bias, rounded to fp16 as split_heads rounds them.
+__device__ __forceinline__ unsigned biased_pair(const half* x, const half* bias) {
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(bias));
+  return pack_half2(a.x + b.x, a.y + b.y);
+}
+
+// Fragment layouts (PTX ISA, mma.m16n8k16 with .f16 A/B and .f32 C): with g = lane / 4 and
+// t = lane % 4, A regs {0,1,2,3} hold (row g, cols 2t..2t+1), (g + 8, 2t), (g, 2t + 8),
+// (g + 8, 2t + 8); B regs {0,1} hold (k 2t..2t+1, col g), (k 2t + 8, col g); C holds (g, 2t..2t+1)
+// then (g + 8, 2t..2t+1).
+template <int D>
+__device__ void flash_block(half* out, const half* qkv, const half* bias, const int* mask,
+                            int seq, int heads, float scale) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  half* ks = reinterpret_cast<half*>(smem);   // (FLASH_K, D + PAD): keys
+  half* vs = ks + FLASH_K * (D + FLASH_PAD);  // (FLASH_K, D + PAD): values
+  float* key_bias = reinterpret_cast<float*>(vs + FLASH_K * (D + FLASH_PAD));  // 0 or -inf
+
+  const int q_blocks = (seq + FLASH_Q - 1) / FLASH_Q;
+  const int qb = blockIdx.x % q_blocks;
+  const int h = (blockIdx.x / q_blocks) % heads;
+  const long b = blockIdx.x / ((long)q_blocks * heads);
+  const int hidden = heads * D, stride = 3 * hidden;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const half* base = qkv + b * seq * stride;  // this row's tokens
+  const int* m = mask + b * seq;
+  const int q0 = qb * FLASH_Q + warp * 16;  // this warp's first query
+  const bool active = q0 < seq;
+  const float scale_log2 = scale * 1.4426950408889634f;  // exp(x) = exp2(x * log2(e))
+
+  // The warp's queries as A fragments, one per 16 dims; queries past the end are zeros.
+  unsigned qa[D / 16][4];
+  {
+    const half* qbias = bias + h * D;
+    const int r0 = q0 + g, r1 = q0 + g + 8;
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c) {
+      const int d = c * 16 + 2 * t;
+      const half* p0 = base + (long)r0 * stride + h * D;
+      const half* p1 = base + (long)r1 * stride + h * D;
+      qa[c][0] = r0 < seq ? biased_pair(p0 + d, qbias + d) : 0u;
+      qa[c][1] = r1 < seq ? biased_pair(p1 + d, qbias + d) : 0u;
+      qa[c][2] = r0 < seq ? biased_pair(p0 + d + 8, qbias + d + 8) : 0u;
+      qa[c][3] = r1 < seq ? biased_pair(p1 + d + 8, qbias + d + 8) : 0u;
+    }
+  }
+  float acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float row_max[2] = {NEG_INF, NEG_INF}, row_sum[2] = {0.f, 0.f};
+
+  for (int k0 = 0; k0 < seq; k0 += FLASH_K) {
+    __syncthreads();  // the previous tile is no longer read
+    // K and V of keys k0 .. k0 + FLASH_K with their bias (zeros past the end): 8 values a
+    // thread, one 16-byte load each of K, V and their biases, one 16-byte store each.
+    for (int i = threadIdx.x; i < FLASH_K * D / 8; i += blockDim.x) {
+      const int key = i / (D / 8), d = (i % (D / 8)) * 8;
+      uint4 k8 = make_uint4(0u, 0u, 0u, 0u), v8 = k8;
+      if (k0 + key < seq) {
+        const half* kp = base + (long)(k0 + key) * stride + hidden + h * D + d;
+        const half* kb = bias + hidden + h * D + d;
+        const uint4 kr = *reinterpret_cast<const uint4*>(kp);
+        const uint4 vr = *reinterpret_cast<const uint4*>(kp + hidden);
+        const uint4 kbr = *reinterpret_cast<const uint4*>(kb);
+        const uint4 vbr = *reinterpret_cast<const uint4*>(kb + hidden);
+        const half* kh = reinterpret_cast<const half*>(&kr);
+        const half* vh = reinterpret_cast<const half*>(&vr);
+        const half* kbh = reinterpret_cast<const half*>(&kbr);
+        const half* vbh = reinterpret_cast<const half*>(&vbr);
+        unsigned* k2 = reinterpret_cast<unsigned*>(&k8);
+        unsigned* v2 = reinterpret_cast<unsigned*>(&v8);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          k2[j] = biased_pair(kh + 2 * j, kbh + 2 * j);
+          v2[j] = biased_pair(vh + 2 * j, vbh + 2 * j);
+        }
+      }
+      *reinterpret_cast<uint4*>(ks + key * (D + FLASH_PAD) + d) = k8;
+      *reinterpret_cast<uint4*>(vs + key * (D + FLASH_PAD) + d) = v8;
+    }
+    for (int j = threadIdx.x; j < FLASH_K; j += blockDim.x)
+      key_bias[j] = (k0 + j < seq && m[k0 + j]) ? 0.f : NEG_INF;
+    __syncthreads();
+    if (!active) continue;
+
+    // Scores of the warp's 16 queries against the tile's keys, in log2 units, masked.
+    float s[FLASH_K / 8][4];
+#pragma unroll
+    for (int j = 0; j < FLASH_K / 8; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+      const half* krow = ks + (j * 8 + g) * (D + FLASH_PAD) + 2 * t;
+#pragma unroll
+      for (int c = 0; c < D / 16; ++c)
+        mma_16816(s[j], qa[c], shared_pair(krow + c * 16), shared_pair(krow + c * 16 + 8));
+      const float kb0 = key_bias[j * 8 + 2 * t], kb1 = key_bias[j * 8 + 2 * t + 1];
+      s[j][0] = s[j][0] * scale_log2 + kb0;
+      s[j][1] = s[j][1] * scale_log2 + kb1;
+      s[j][2] = s[j][2] * scale_log2 + kb0;
+      s[j][3] = s[j][3] * scale_log2 + kb1;
+    }
+    // Online softmax: each row's max over the four lanes that share it, rescale what came
+    // before. A row with no unmasked key so far keeps max -inf and contributes zeros.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = NEG_INF;
+#pragma unroll
+      for (int j = 0; j < FLASH_K / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float new_max = fmaxf(row_max[r], mx);
+      const float ref = new_max == NEG_INF ? 0.f : new_max;
+      const float alpha = exp2f(row_max[r] - ref);
+      row_max[r] = new_max;
+      float sum = 0.f;
+#pragma unroll
+      for (int j = 0; j < FLASH_K / 8; ++j) {
+        s[j][2 * r] = exp2f(s[j][2 * r] - ref);
+        s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - ref);
+        sum += s[j][2 * r] + s[j][2 * r + 1];
+      }
+      row_sum[r] = row_sum[r] * alpha + sum;  // this lane's share; summed over the quad at the end
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        acc[n][2 * r] *= alpha;
+        acc[n][2 * r + 1] *= alpha;
+      }
+    }
+    // acc += P · V: the score fragments are the A fragments of P (16 keys per step).
+#pragma unroll
+    for (int kc = 0; kc < FLASH_K / 16; ++kc) {
+      const unsigned pa[4] = {
+          pack_half2(s[2 * kc][0], s[2 * kc][1]), pack_half2(s[2 * kc][2], s[2 * kc][3]),
+          pack_half2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+          pack_half2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      // V's B fragment pairs two keys of one dim: two 16-bit loads per register (the rows
+      // are 16 bytes apart in banks, so the warp's loads never conflict).
+      const int row = D + FLASH_PAD;
+      const half* v0 = vs + (kc * 16 + 2 * t) * row + g;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        mma_16816(acc[n], pa, key_pair(v0 + n * 8, row), key_pair(v0 + 8 * row + n * 8, row));
+    }
+  }
+  if (!active) return;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float total = row_sum[r];
+    total += __shfl_xor_sync(0xffffffffu, total, 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    const int q = q0 + g + 8 * r;
+    if (q >= seq) continue;
+    half* o = out + (b * seq + q) * (long)hidden + h * D + 2 * t;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<unsigned*>(o + n * 8) =
+          pack_half2(acc[n][2 * r] * inv, acc[n][2 * r + 1] * inv);
+  }
+}
+
+// out (tokens, heads * dim) = softmax(q kᵀ · scale over the keys whose mask is 1) · v, per row
+// and head, with q, k, v = qkv (tokens, 3, heads, dim) + bias. Grid: rows * heads *
+// ceil(seq / FLASH_Q) blocks of 32 * FLASH_WARPS threads; dim is 16, 32 or 64 (each size a
+// template instance: 128 would take every instance to 173 registers a thread, from 126).
+extern "C" __global__ void flash_attention(half* out, const half* qkv, const half* bias,
+                                           const int* mask, int seq, int heads, int dim,
+                                           float scale) {
+  if (dim == 64) {
+    flash_block<64>(out, qkv, bias, mask, seq, heads, scale);
+  } else if (dim == 32) {
+    flash_block<32>(out, qkv, bias, mask, seq, heads, scale);
+  } else if (dim == 16) {
+    flash_block<16>(out, qkv, bias, mask, seq, heads, scale);
+  }
+}

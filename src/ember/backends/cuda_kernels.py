@@ -29,6 +29,11 @@ ACTIVATION = {"none": 0, "gelu": 1, "gelu_new": 2, "gelu_pytorch_tanh": 2, "relu
 POOLING = {"mean": 0, "cls": 1, "max": 2, "lasttoken": 3}
 """`pool`'s `method` codes."""
 
+FLASH_DIMS = (16, 32, 64)
+"""Head sizes `flash_attention` takes (one template instance each in the `.cu`)."""
+_FLASH_Q, _FLASH_K, _FLASH_PAD, _FLASH_THREADS = 64, 64, 8, 128
+"""The `.cu`'s FLASH_Q, FLASH_K and FLASH_PAD, and 32 · FLASH_WARPS."""
+
 _ROW_THREADS = 128
 """Threads per block of the row kernels: a warp per row, 4 rows a block."""
 _ROWS_PER_BLOCK = _ROW_THREADS // 32
@@ -109,13 +114,15 @@ class Kernels:
         for function in self._functions.values():
             _ = function.attributes
 
-    def _launch(self, name: str, grid: int, block: int, **args: int | float) -> None:
+    def _launch(
+        self, name: str, grid: int, block: int, *, shared_mem: int = 0, **args: int | float
+    ) -> None:
         sig = self._signatures[name]
         if tuple(sorted(args)) != tuple(sorted(sig.names)):
             raise TypeError(f"{name} takes {sig.names}, was given {tuple(args)}")
         pairs = zip(sig.names, sig.converters, strict=True)
         values = tuple(convert(args[arg]) for arg, convert in pairs)
-        self._functions[name]((grid,), (block,), values)
+        self._functions[name]((grid,), (block,), values, shared_mem=shared_mem)
 
     def embed_layernorm(
         self, *, out: int, ids: int, types: int, word: int, pos: int, type_table: int,
@@ -198,4 +205,21 @@ class Kernels:
         self._launch(
             "take_cls", _elements(total), _ELEMENTWISE, out=out, x=x, seq=seq, hidden=hidden,
             total=total,
+        )  # fmt: skip
+
+    def flash_attention(
+        self, *, out: int, qkv: int, bias: int, mask: int, rows: int, seq: int, heads: int,
+        dim: int, scale: float,
+    ) -> None:  # fmt: skip
+        """out (tokens, heads·dim) = the masked attention of q, k, v = qkv (tokens, 3, heads,
+        dim) + bias, fused (no scores in memory); `dim` one of FLASH_DIMS. A row whose mask is
+        all zeros (a padding row) gets zeros."""
+        if dim not in FLASH_DIMS:
+            raise ValueError(f"flash_attention takes head sizes {FLASH_DIMS}, not {dim}")
+        blocks = rows * heads * ((seq + _FLASH_Q - 1) // _FLASH_Q)
+        # Keys and values, each (FLASH_K, dim + pad) in fp16, then one float per key for the mask.
+        shared = 2 * 2 * _FLASH_K * (dim + _FLASH_PAD) + 4 * _FLASH_K
+        self._launch(
+            "flash_attention", blocks, _FLASH_THREADS, shared_mem=shared, out=out, qkv=qkv,
+            bias=bias, mask=mask, seq=seq, heads=heads, dim=dim, scale=scale,
         )  # fmt: skip

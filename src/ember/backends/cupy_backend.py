@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from ember.backends.base import (
+    CUPY_FINE_ROWS,
+    CUPY_SEQ,
     GPU_SEQ,
     Batch,
     Capabilities,
@@ -173,11 +175,16 @@ class CupyBackend:
         self.capabilities = Capabilities(
             device="cuda",
             lengths="coarse",
-            seq_buckets=GPU_SEQ,
+            seq_buckets=CUPY_SEQ,
+            small_batch_seq=GPU_SEQ,
+            fine_rows=CUPY_FINE_ROWS,
             pads_rows=True,
             warm="all",
             output_width=self.width,
-            max_batch_tokens=32768,
+            # Half torch's: with the finer lengths, 32768 tokens would warm the BERT-base-sized
+            # model in ~1.6 s of backend time (the largest shapes' compute), 16384 in ~0.9 s
+            # (per-shape timings: RESULTS-gpu.md, session 18).
+            max_batch_tokens=16384,
             max_batch_rows=256,
             oom=DeviceOutOfMemory,
         )

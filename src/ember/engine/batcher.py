@@ -118,8 +118,8 @@ class Batcher:
 
     def pad(self, group: list[tuple[_Request, int]]) -> Batch:
         encs = [req.encoded[i] for req, i in group]
-        seq = self.buckets.seq_for(max(e.length for e in encs))
         rows = self.buckets.rows_for(len(encs))
+        seq = self.buckets.seq_for(max(e.length for e in encs), rows=rows)
         ids = np.full((rows, seq), self._pad_id, dtype=np.int64)
         mask = np.zeros((rows, seq), dtype=np.int64)
         types = np.zeros((rows, seq), dtype=np.int64)

@@ -22,6 +22,11 @@ class Buckets:
     """Row counts, ascending; the last is the most rows in a batch."""
     max_tokens: int
     """Most padded tokens (rows x length) in a batch; one row of max length always fits."""
+    small_batch_seq: tuple[int, ...] = ()
+    """Padded lengths, a subset of `seq`, for batches of fewer than `fine_rows` padded rows
+    (where the length fits the token budget); empty: `seq` for every batch."""
+    fine_rows: int = 0
+    """Padded rows from which a batch is padded to `seq` rather than `small_batch_seq`."""
 
     @classmethod
     def build(
@@ -34,12 +39,15 @@ class Buckets:
         max_rows: int,
         pads_rows: bool = False,
         min_length: int = 1,
+        small_batch_seq: Sequence[int] = (),
+        fine_rows: int = 0,
     ) -> Buckets:
         """Buckets between `min_length` (the shortest input the tokenizer can produce for the
         task) and `max_length`. No `seq_buckets`: every length is its own bucket (a batch is
         padded to its longest input). Buckets below `min_length` are dropped: no input can
         reach them, so warm-up could never run them. `pads_rows`: power-of-two row counts
-        unless `row_buckets` says; otherwise every count."""
+        unless `row_buckets` says; otherwise every count. `small_batch_seq`: the lengths of
+        batches under `fine_rows` rows, kept where they are among the buckets."""
         min_length = max(1, min(min_length, max_length))
         if seq_buckets:
             seq = sorted({b for b in seq_buckets if min_length <= b < max_length} | {max_length})
@@ -52,7 +60,16 @@ class Buckets:
             rows.append(max_rows)
         else:
             rows = list(range(1, max_rows + 1))
-        return cls(seq=tuple(seq), rows=tuple(rows), max_tokens=max(max_tokens, max_length))
+        small: tuple[int, ...] = ()
+        if small_batch_seq and fine_rows > 1:
+            small = tuple(sorted({b for b in small_batch_seq if b in seq} | {seq[-1]}))
+        return cls(
+            seq=tuple(seq),
+            rows=tuple(rows),
+            max_tokens=max(max_tokens, max_length),
+            small_batch_seq=small,
+            fine_rows=fine_rows,
+        )
 
     @classmethod
     def for_backend(
@@ -60,6 +77,7 @@ class Buckets:
     ) -> Buckets:
         """The settings' buckets, with the backend's defaults where the settings say nothing."""
         default_seq = capabilities.seq_buckets if capabilities.lengths == "coarse" else ()
+        by_backend = bool(default_seq) and not settings.seq_buckets
         return cls.build(
             max_length=max_length,
             min_length=min_length,
@@ -68,17 +86,26 @@ class Buckets:
             max_tokens=settings.max_batch_tokens or capabilities.max_batch_tokens,
             max_rows=settings.max_batch_requests or capabilities.max_batch_rows,
             pads_rows=capabilities.pads_rows,
+            small_batch_seq=capabilities.small_batch_seq if by_backend else (),
+            fine_rows=capabilities.fine_rows,
         )
 
     @property
     def max_length(self) -> int:
         return self.seq[-1]
 
-    def seq_for(self, length: int) -> int:
-        """The padded length for an input of `length` tokens (≤ max_length)."""
+    def seq_for(self, length: int, *, rows: int = 0) -> int:
+        """The padded length for an input of `length` tokens (≤ max_length); given the batch's
+        `rows`, the coarser small-batch length where it applies and fits the token budget."""
         i = bisect_left(self.seq, length)
         if i == len(self.seq):
             raise ValueError(f"length {length} is over the max length {self.max_length}")
+        if not rows or not self.small_batch_seq:
+            return self.seq[i]
+        padded = self.rows_for(rows)
+        small = self.small_batch_seq[bisect_left(self.small_batch_seq, length)]
+        if padded < self.fine_rows and (padded == 1 or padded * small <= self.max_tokens):
+            return small
         return self.seq[i]
 
     def rows_for(self, count: int) -> int:
@@ -103,7 +130,12 @@ class Buckets:
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every (rows, seq) shape a batch can have, largest first."""
-        out = [(r, s) for s in self.seq for r in self.rows if r == 1 or r * s <= self.max_tokens]
+        out = {
+            (r, self.seq_for(s, rows=r))
+            for s in self.seq
+            for r in self.rows
+            if r == 1 or r * s <= self.max_tokens
+        }
         return sorted(out, key=lambda shape: (shape[0] * shape[1], shape[1]), reverse=True)
 
 

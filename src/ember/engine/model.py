@@ -360,6 +360,8 @@ class ModelEngine:
             buckets = self._loaded.buckets
             out["buckets"] = {
                 "seq": list(buckets.seq),
+                "small_batch_seq": list(buckets.small_batch_seq),
+                "fine_rows": buckets.fine_rows,
                 "rows": list(buckets.rows),
                 "max_batch_tokens": buckets.max_tokens,
                 "max_batch_requests": buckets.rows[-1],

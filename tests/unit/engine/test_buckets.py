@@ -101,3 +101,51 @@ def test_cpu_batches_are_padded_to_their_longest_input() -> None:
     assert [len(x) for x in batches] == [24, 11, 3]  # 1024 // 42 = 24 rows
     # 40 pads to 42 (5 % waste) and shares a batch; 20 would waste half: its own batch.
     assert [b.seq_for(max(lengths[i] for i in x)) for x in batches] == [42, 42, 20]
+
+
+def _two_level(max_tokens: int = 16384) -> Buckets:
+    return Buckets.build(
+        max_length=512,
+        seq_buckets=[16, 32, 48, 64, 128, 192, 208, 224, 256, 512],
+        row_buckets=[],
+        max_tokens=max_tokens,
+        max_rows=256,
+        pads_rows=True,
+        small_batch_seq=[16, 64, 256, 999],
+        fine_rows=32,
+    )
+
+
+def test_small_batches_pad_to_the_coarse_lengths_large_ones_to_the_fine() -> None:
+    b = _two_level()
+    assert b.small_batch_seq == (16, 64, 256, 512)  # only lengths that are buckets, and the max
+    assert b.seq_for(202) == 208 and b.seq_for(202, rows=32) == 208
+    assert b.seq_for(202, rows=16) == 256 and b.seq_for(202, rows=1) == 256
+    assert b.seq_for(202, rows=17) == 208  # padded to 32 rows
+    assert b.seq_for(40, rows=64) == 48 and b.seq_for(40, rows=16) == 64
+    shapes = set(b.shapes())
+    assert (32, 208) in shapes and (64, 208) in shapes and (16, 208) not in shapes
+    assert (16, 256) in shapes and (1, 512) in shapes
+
+
+def test_a_small_batch_keeps_its_fine_length_where_the_coarse_one_would_not_fit() -> None:
+    b = _two_level(max_tokens=3584)
+    # 16 rows of 224 fit the budget (3584); 16 rows of 256 would not.
+    assert b.fits(16, 224) and not b.fits(16, 256)
+    assert b.seq_for(220, rows=16) == 224 and b.seq_for(220, rows=8) == 256
+    assert (16, 224) in b.shapes()
+    assert all(r == 1 or r * s <= b.max_tokens for r, s in b.shapes())
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    lengths=lengths_strategy,
+    max_tokens=st.sampled_from([512, 4096, 16384]),
+)
+def test_two_level_batches_have_planned_shapes(lengths: list[int], max_tokens: int) -> None:
+    b = _two_level(max_tokens)
+    every = set(b.shapes())
+    for batch in plan_batches(lengths, b):
+        rows = b.rows_for(len(batch))
+        seq = b.seq_for(max(lengths[i] for i in batch), rows=rows)
+        assert (rows, seq) in every

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ember.backends.base import GPU_SEQ, TORCH_CPU_SEQ, Capabilities
+from ember.backends.base import CUPY_FINE_ROWS, CUPY_SEQ, GPU_SEQ, TORCH_CPU_SEQ, Capabilities
 from ember.engine.batcher import Batcher
 from ember.engine.buckets import Buckets, plan_batches
 from ember.engine.loaded import shortest_input
@@ -46,6 +46,19 @@ BACKENDS = {
         warm="all",
         output_width=0,
         max_batch_tokens=32768,
+        max_batch_rows=256,
+    ),
+    # CuPy: finer lengths from CUPY_FINE_ROWS rows, GPU_SEQ below.
+    "fine-gpu": Capabilities(
+        device="cuda",
+        lengths="coarse",
+        seq_buckets=CUPY_SEQ,
+        small_batch_seq=GPU_SEQ,
+        fine_rows=CUPY_FINE_ROWS,
+        pads_rows=True,
+        warm="all",
+        output_width=0,
+        max_batch_tokens=16384,
         max_batch_rows=256,
     ),
 }
