@@ -18,7 +18,9 @@ POISON = 7777
 """A token id; a batch holding it raises inside the backend (a fault in one batch)."""
 
 
-CPU_EXACT = Capabilities(device="cpu", lengths="exact", warm="cover", output_width=0)
+CPU_EXACT = Capabilities(
+    device="cpu", lengths="exact", warm="cover", output_width=0, token_outputs=True
+)
 """Batches like ONNX Runtime on CPU, the default backend: every length a shape, a cover warmed."""
 CPU_COARSE = Capabilities(
     device="cpu",
@@ -27,6 +29,7 @@ CPU_COARSE = Capabilities(
     pads_rows=True,
     warm="all",
     output_width=0,
+    token_outputs=True,
 )
 """Batches like torch on CPU: ~1.5x length steps, power-of-two rows, every shape warmed."""
 
@@ -45,7 +48,11 @@ class FakeBackend:
         self.width = (
             (spec.hidden_size or 8) if spec.task is Task.EMBED else max(len(spec.labels), 1)
         )
-        self.capabilities = dataclasses.replace(capabilities, output_width=self.width)
+        self.capabilities = dataclasses.replace(
+            capabilities,
+            output_width=self.width,
+            token_outputs=capabilities.token_outputs and spec.task is Task.EMBED,
+        )
         self.batches: list[tuple[int, int]] = []
         self.fail_next_shape: tuple[int, int] | None = None
 
@@ -62,6 +69,17 @@ class FakeBackend:
         for j in range(self.width):
             out[:, j] = np.sin(sums * (j + 1) * 0.001) + lengths * 0.01 * (j % 3)
         return out
+
+    def run_tokens(self, batch: Batch) -> FloatArray:
+        """Per token, a vector of its id and position (padding included, as a backend's)."""
+        self.batches.append(batch.shape)
+        if (batch.input_ids == POISON).any():
+            raise RuntimeError("secret internal detail: poisoned batch")
+        seq = batch.shape[1]
+        j = np.arange(1, self.width + 1, dtype=np.float32)
+        ids = batch.input_ids.astype(np.float32)[:, :, None]
+        positions = np.arange(seq, dtype=np.float32)[None, :, None]
+        return (np.sin(ids * j * 0.001) + positions * 0.01).astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": "cpu", "dtype": "float32", "threads": 1}

@@ -26,6 +26,9 @@ DATA_FILE = "model.onnx.data"
 """The graph's initializers as ONNX external data. ONNX Runtime maps the file instead of copying
 it into the heap, so the pages that serving never reads (most rows of the word-embedding
 table: 45 MiB of all-MiniLM-L6-v2's 86 MB) stay out of RSS (onnx_notes.md)."""
+TOKEN_OUTPUT = "last_hidden_state"
+"""The graph's second output on embedding models: the encoder's last hidden state (batch,
+sequence, hidden), for TEI's `/embed_all`. ORT computes only the outputs a run asks for."""
 FORMAT_VERSION = 3
 """Part of the cache key, so that a new layout or graph recipe prepares again (an artifact of
 another format is refused by name: prepare it again). 3: the `model` section is the whole

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -115,6 +116,36 @@ def matrix(
         m.close()
 
 
+def reference_token_states(path: Path, texts: list[str]) -> list[np.ndarray]:
+    """transformers' `AutoModel(...).last_hidden_state` per text (one row per token, special
+    tokens included), truncated as served: what TEI's /embed_all answers."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+    states = []
+    for text in texts:
+        enc = tokenizer(text, truncation=True, max_length=FAMILY_MAX_LENGTH, return_tensors="pt")
+        with torch.inference_mode():
+            states.append(model(**enc).last_hidden_state[0].numpy())
+    return states
+
+
+def check_embed_all(server: Server, family: Family, path: Path) -> float:
+    """/embed_all of an embedding row against transformers per token (before pooling and any
+    Dense module, not normalised, as TEI); a 424 for the rows TEI refuses (SPLADE, heads)."""
+    body = {"inputs": TEXTS, "model": family.name}
+    if family.task != "embed":
+        refused = httpx.post(server.url + "/embed_all", json=body, timeout=30)
+        assert refused.status_code == 424, (family.name, refused.text)
+        return 1.0
+    got = post(server.url + "/embed_all", body)
+    expected = reference_token_states(path, TEXTS)
+    assert [len(v) for v in got] == [len(e) for e in expected], family.name
+    return min(float(cosines(np.array(g), e).min()) for g, e in zip(got, expected, strict=True))
+
+
 def check_row(server: Server, family: Family, path: Path) -> str:
     """One row: the served outputs of `family` equal the reference's on the same weights;
     returns the figure compared (worst cosine or largest difference)."""
@@ -125,6 +156,8 @@ def check_row(server: Server, family: Family, path: Path) -> str:
         cos = cosines(vectors, expected)
         assert cos.min() >= COS_MIN, (name, cos)
         worst = float(cos.min())
+        per_token = check_embed_all(server, family, path)
+        assert per_token >= COS_MIN, (name, "embed_all", per_token)
         for prompt in family.prompts:
             body = {"inputs": TEXTS, "model": name, "prompt_name": prompt}
             vectors = np.array(post(server.url + "/embed", body))
@@ -134,7 +167,7 @@ def check_row(server: Server, family: Family, path: Path) -> str:
             cos = cosines(vectors, expected)
             assert cos.min() >= COS_MIN, (name, prompt, cos)
             worst = min(worst, float(cos.min()))
-        return f"cos min {worst:.6f}"
+        return f"cos min {worst:.6f}, per token {per_token:.6f}"
     if family.task == "sparse":
         # TEI's /embed_sparse: per text, the non-zero (index, value) pairs over the vocabulary.
         rows = post(server.url + "/embed_sparse", {"inputs": TEXTS, "model": name})
@@ -144,6 +177,7 @@ def check_row(server: Server, family: Family, path: Path) -> str:
             for item in row:
                 got[i, item["index"]] = item["value"]
         assert np.abs(got - expected).max() <= SPARSE_TOL, name
+        check_embed_all(server, family, path)  # TEI: not for SPLADE models
         return f"max abs diff {np.abs(got - expected).max():.2e}"
     if family.task == "rerank":
         body = {"query": QUERY, "texts": TEXTS, "raw_scores": True, "model": name}
@@ -151,6 +185,7 @@ def check_row(server: Server, family: Family, path: Path) -> str:
         got = np.zeros(len(TEXTS), dtype=np.float32)
         for item in ranked:
             got[item["index"]] = item["score"]
+        check_embed_all(server, family, path)
         logits = reference_logits(path, [QUERY] * len(TEXTS), TEXTS, max_length=FAMILY_MAX_LENGTH)
         assert np.abs(got - logits[:, 0]).max() <= SCORE_TOL, (name, got, logits[:, 0])
         return f"max abs diff {np.abs(got - logits[:, 0]).max():.2e}"

@@ -3,13 +3,15 @@ timing headers, in-process with the fake backend."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ember.http.app import app_state
 from tests.conftest import running_app
-from tests.fakes import FakeFactory
+from tests.fakes import CPU_EXACT, FakeFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -58,12 +60,32 @@ async def test_decode_inverts_tokenize_and_checks_the_vocabulary() -> None:
         assert "100256" in bad.json()["error"] and "tiktoken" in bad.json()["error"]
 
 
-async def test_embed_all_and_sparse_say_what_the_model_can_do() -> None:
+async def test_embed_all_answers_a_vector_per_token_and_424_where_it_cannot(
+    tiny_reranker: Path,
+) -> None:
+    texts = ["hello world", "a somewhat longer input with more tokens"]
     async with running_app(FakeFactory()) as (_app, client):
-        for path in ("/embed_all", "/embed_sparse"):
-            r = await client.post(path, json={"inputs": "x"})
-            assert r.status_code == 424, path
-            assert "/embed" in r.json()["error"] and "mean pooling" in r.json()["error"]
+        tokens = (await client.post("/tokenize", json={"inputs": texts})).json()
+        r = await client.post("/embed_all", json={"inputs": texts, "normalize": False})
+        assert r.status_code == 200, r.text
+        # Ragged: each input has as many vectors as its tokens (special ones included).
+        assert [np.array(v).shape for v in r.json()] == [(len(t), 384) for t in tokens]
+        assert all(h in r.headers for h in TIMING)
+        assert r.headers["x-compute-tokens"] == str(sum(len(t) for t in tokens))
+        ids = [t["id"] for t in tokens[0]]
+        by_ids = await client.post("/embed_all", json={"inputs": ids})
+        assert np.allclose(by_ids.json()[0], r.json()[0])  # a token-id input, used as given
+        r = await client.post("/embed_sparse", json={"inputs": "x"})
+        assert r.status_code == 424
+        assert "/embed" in r.json()["error"] and "mean pooling" in r.json()["error"]
+    without = dataclasses.replace(CPU_EXACT, token_outputs=False)
+    async with running_app(FakeFactory(capabilities=without)) as (app, client):
+        assert app_state(app).engines.stage.value == "ready"  # /embed_all not warmed, no 424
+        r = await client.post("/embed_all", json={"inputs": "x"})
+        assert r.status_code == 424 and "per-token" in r.json()["error"]
+    async with running_app(FakeFactory(), model=[str(tiny_reranker)]) as (_app, client):
+        r = await client.post("/embed_all", json={"inputs": "x"})
+        assert r.status_code == 424, r.text
 
 
 async def test_sagemaker_ping_and_invocations_dispatch_on_the_task(tiny_reranker: Path) -> None:

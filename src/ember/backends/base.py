@@ -105,6 +105,9 @@ class Capabilities:
     """Default most rows in a batch when the settings do not say."""
     oom: type[DeviceOutOfMemory] | None = None
     """The error `run` raises when a shape does not fit the device; `None`: it never does."""
+    token_outputs: bool = False
+    """`run_tokens` returns the last hidden state per token (TEI's `/embed_all`); `False`: the
+    engine never calls it and the route answers 424."""
 
 
 class Backend(Protocol):
@@ -115,6 +118,11 @@ class Backend(Protocol):
 
     def run(self, batch: Batch) -> FloatArray:
         """Pooled, unnormalised embeddings (embed) or logits (rerank, classify): (rows, dim)."""
+        ...
+
+    def run_tokens(self, batch: Batch) -> FloatArray:
+        """The encoder's last hidden state, before pooling and Dense modules: (rows, seq,
+        hidden), padding included. Called only when `capabilities.token_outputs`."""
         ...
 
     def describe(self) -> dict[str, Any]:

@@ -57,7 +57,7 @@ __all__ = ["CupyBackend", "prepare_kernels", "unsupported"]
 
 log = logging.getLogger("ember.backends.cupy")
 
-_INT, _FLOAT = 4, 4
+_INT, _FLOAT, _HALF = 4, 4, 2
 _TO_DEVICE, _TO_HOST = 1, 2
 """cudaMemcpyKind values."""
 
@@ -171,6 +171,7 @@ class CupyBackend:
         self._shapes: dict[tuple[int, int], CupyShape] = {}
         self._host_in = np.empty(0, dtype=np.int32)
         self._host_out = np.empty(0, dtype=np.float32)
+        self._host_hidden = np.empty(0, dtype=np.float16)
         self.capture_failures = 0
         self.capabilities = Capabilities(
             device="cuda",
@@ -187,6 +188,7 @@ class CupyBackend:
             max_batch_tokens=16384,
             max_batch_rows=256,
             oom=DeviceOutOfMemory,
+            token_outputs=spec.task is Task.EMBED,
         )
         self.stream.synchronize()
         self.load_seconds = time.perf_counter() - started
@@ -196,6 +198,26 @@ class CupyBackend:
     def run(self, batch: Batch) -> FloatArray:
         oom = (self._cp.cuda.memory.OutOfMemoryError,)
         return run_or_raise_oom(self._run, batch, oom_types=oom, release=self._release)
+
+    def run_tokens(self, batch: Batch) -> FloatArray:
+        oom = (self._cp.cuda.memory.OutOfMemoryError,)
+        return run_or_raise_oom(self._run_tokens, batch, oom_types=oom, release=self._release)
+
+    def _run_tokens(self, batch: Batch) -> FloatArray:
+        """The shape's usual forward (its graph; pooling is a small kernel), then the last
+        hidden state it leaves in the workspace: fp16 (rows·seq, hidden) → float32."""
+        rows, seq = batch.shape
+        self._run(batch)
+        assert self._ws is not None
+        n = rows * seq * self.config.hidden
+        if self._host_hidden.size < n:  # host side only: no graph points here
+            self._host_hidden = _pinned(self._cp, n, np.float16)
+        host = self._host_hidden[:n]
+        self._cp.cuda.runtime.memcpyAsync(
+            host.ctypes.data, self._ws.x.data.ptr, n * _HALF, _TO_HOST, self.stream.ptr
+        )
+        self.stream.synchronize()
+        return host.reshape(rows, seq, self.config.hidden).astype(np.float32)
 
     def _is_oom(self, exc: BaseException) -> bool:
         return _is_oom(exc, self._cp.cuda.memory.OutOfMemoryError)
@@ -311,6 +333,7 @@ class CupyBackend:
         self._ws = None
         self._host_in = np.empty(0, dtype=np.int32)
         self._host_out = np.empty(0, dtype=np.float32)
+        self._host_hidden = np.empty(0, dtype=np.float16)
         cp.cuda.runtime.deviceSynchronize()
         cp.get_default_memory_pool().free_all_blocks()
         cp.get_default_pinned_memory_pool().free_all_blocks()

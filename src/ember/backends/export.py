@@ -33,6 +33,7 @@ from ember.manifest import (
     DATA_FILE,
     MANIFEST_NAME,
     MODEL_FILE,
+    TOKEN_OUTPUT,
     Fusion,
     Manifest,
     Options,
@@ -101,7 +102,7 @@ def build(spec: ModelSpec, options: Options, *, key: str, out: Path, step: StepF
                 module,
                 feeds=feeds,
                 names=input_names,
-                output=_output_name(spec),
+                outputs=_output_names(spec),
                 path=graph,
                 opset=options.opset,
             )
@@ -175,6 +176,12 @@ def _output_name(spec: ModelSpec) -> str:
     return "embeddings" if spec.task is Task.EMBED else "logits"
 
 
+def _output_names(spec: ModelSpec) -> list[str]:
+    """The graph's outputs: `_output_name`, then the per-token one on (non-SPLADE) embedders."""
+    tokens = spec.task is Task.EMBED and not spec.splade
+    return [_output_name(spec)] + ([TOKEN_OUTPUT] if tokens else [])
+
+
 def _load_wrapper(spec: ModelSpec) -> tuple[torch.nn.Module, list[str]]:
     """The transformers model wrapped so that its output is what `Backend.run` returns:
     pooled (unnormalised) embeddings, or logits. Returns it and its input names."""
@@ -214,14 +221,15 @@ def _load_wrapper(spec: ModelSpec) -> tuple[torch.nn.Module, list[str]]:
             self.model = model
             self.head = head
 
-        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
             kwargs = dict(zip(names, inputs, strict=True))
             out = self.model(**kwargs)
             if spec.splade:
                 return splade_pool(out.logits, kwargs["attention_mask"], method)
-            if embed:
-                pooled = pool(out.last_hidden_state, kwargs["attention_mask"], method)
-                return pooled if self.head is None else self.head(pooled)
+            if embed:  # pooled first, then the unpooled hidden state (/embed_all)
+                hidden = out.last_hidden_state
+                pooled = pool(hidden, kwargs["attention_mask"], method)
+                return (pooled if self.head is None else self.head(pooled)), hidden
             logits: torch.Tensor = out.logits
             return logits.float()
 
@@ -257,7 +265,7 @@ def _export(
     *,
     feeds: dict[str, np.ndarray[Any, Any]],
     names: list[str],
-    output: str,
+    outputs: list[str],
     path: Path,
     opset: int,
 ) -> None:
@@ -267,8 +275,8 @@ def _export(
 
     # Trace on two rows, one padded, so the mask is never constant-folded away.
     args = tuple(torch.from_numpy(feeds[name][:2].copy()) for name in names)
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
-    dynamic[output] = {0: "batch"}
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in [*names, *outputs[1:]]}
+    dynamic[outputs[0]] = {0: "batch"}
     # More rows than any id or position the trace looks up.
     rows = max(int(arg.max()) for arg in args) + args[0].shape[1] + 2
     try:
@@ -278,7 +286,7 @@ def _export(
                 args,
                 str(path),
                 input_names=names,
-                output_names=[output],
+                output_names=outputs,
                 dynamic_axes=dynamic,
                 opset_version=opset,
                 do_constant_folding=True,
@@ -294,8 +302,9 @@ def _reference(module: torch.nn.Module, feeds: dict[str, np.ndarray[Any, Any]]) 
     import torch
 
     with torch.inference_mode():
-        out: FloatArray = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-    return out
+        out = module(*(torch.from_numpy(v) for v in feeds.values()))
+    first: FloatArray = (out[0] if isinstance(out, tuple) else out).numpy()
+    return first
 
 
 def _verify(

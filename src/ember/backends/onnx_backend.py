@@ -26,9 +26,10 @@ from ember.backends.ort_session import (
     session_options,
 )
 from ember.errors import ModelError
-from ember.manifest import MODEL_FILE, Manifest, verify_model_hash
+from ember.manifest import MODEL_FILE, TOKEN_OUTPUT, Manifest, verify_model_hash
 from ember.models import ModelSpec, Task
 from ember.settings import Settings
+from ember.st_modules import SPLADE_POOLINGS
 
 log = logging.getLogger("ember.backends.onnx")
 
@@ -64,15 +65,30 @@ class OnnxBackend:
             hashed.result()
         self._session: ort.InferenceSession | None = session
         self._inputs = tuple(str(i.name) for i in session.get_inputs())
-        output = session.get_outputs()[0]
+        outputs = session.get_outputs()
+        output = outputs[0]
         self._output = str(output.name)
+        # Declared from the graph itself: an embedding graph without the per-token output
+        # serves everything else, and /embed_all answers 424 naming what is missing.
+        recorded = manifest.spec
+        tokens = recorded.task is Task.EMBED and any(o.name == TOKEN_OUTPUT for o in outputs)
+        if recorded.task is Task.EMBED and not tokens and recorded.pooling not in SPLADE_POOLINGS:
+            log.warning(
+                "%s has no %s output: /embed_all answers 424 until the model is prepared "
+                "again (`ember prepare --force`)",
+                artifact,
+                TOKEN_OUTPUT,
+            )
         # The graph's own output width: Dense modules and SPLADE pooling are inside it.
         width = output.shape[1] if len(output.shape) == 2 else None
         if not isinstance(width, int):
-            recorded = manifest.spec
             width = recorded.hidden_size if recorded.task is Task.EMBED else len(recorded.labels)
         self.capabilities = Capabilities(
-            device="cpu", lengths="exact", warm="cover", output_width=max(width, 1)
+            device="cpu",
+            lengths="exact",
+            warm="cover",
+            output_width=max(width, 1),
+            token_outputs=tokens,
         )
         unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
@@ -99,6 +115,13 @@ class OnnxBackend:
         return cls(artifact=artifact, manifest=manifest, threads=settings.intra_op_threads())
 
     def run(self, batch: Batch) -> FloatArray:
+        return self._fetch(self._output, batch)
+
+    def run_tokens(self, batch: Batch) -> FloatArray:
+        # ORT computes what the requested output needs: the encoder without the pooling.
+        return self._fetch(TOKEN_OUTPUT, batch)
+
+    def _fetch(self, output: str, batch: Batch) -> FloatArray:
         if self._session is None:
             raise RuntimeError("the onnx backend is closed")
         arrays = {
@@ -107,7 +130,7 @@ class OnnxBackend:
             "token_type_ids": batch.token_type_ids,
         }
         feeds = {name: arrays[name] for name in self._inputs}
-        out = self._session.run([self._output], feeds)[0]
+        out = self._session.run([output], feeds)[0]
         result: FloatArray = np.asarray(out, dtype=np.float32)
         return result
 

@@ -3,8 +3,9 @@ its safetensors weights with onnx's helper API and numpy: no torch, no transform
 
 The graph has the torch export's interface (`export.py`): int64 inputs `input_ids`,
 `attention_mask` and, when the model has a token-type table of two or more rows,
-`token_type_ids`, each (batch, sequence); one float32 output, `embeddings` (batch, hidden:
-pooled, not normalised) or `logits` (batch, labels). Its nodes are the patterns ORT's "bert"
+`token_type_ids`, each (batch, sequence); a float32 output, `embeddings` (batch, hidden:
+pooled, not normalised) then `last_hidden_state` (batch, sequence, hidden), or `logits`
+(batch, labels). Its nodes are the patterns ORT's "bert"
 transformer optimizer fuses, in the torch export's order: embeddings as Gather + Add + Add +
 LayerNormalization with positions from a sliced constant (→ EmbedLayerNormalization),
 attention as the classic MatMul/Add/Reshape/Transpose chain with an additive
@@ -39,7 +40,7 @@ from typing import Any, BinaryIO
 from ember.backends.bert import EncoderConfig, named_weights, supported
 from ember.backends.graph_passes import DATA_ALIGNMENT, DATA_MIN_BYTES, point_to
 from ember.backends.mapped_weights import open_weights, write_rows
-from ember.manifest import DATA_FILE
+from ember.manifest import DATA_FILE, TOKEN_OUTPUT
 from ember.models import ModelSpec, Task
 
 log = logging.getLogger("ember.backends.artifact")
@@ -212,6 +213,13 @@ class _Graph:
         graph.output.append(
             onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, ["batch", width])
         )
+        if embed:  # the unpooled hidden state too (/embed_all); ORT runs only what is fetched
+            graph.node.append(onnx.helper.make_node("Identity", [x], [TOKEN_OUTPUT], "/tokens"))
+            graph.output.append(
+                onnx.helper.make_tensor_value_info(
+                    TOKEN_OUTPUT, onnx.TensorProto.FLOAT, [*dims, config.hidden]
+                )
+            )
 
     def fused_embeddings(self, config: EncoderConfig, ids: str, mask: str) -> tuple[str, str]:
         """EmbedLayerNormalization on int32 ids, as ORT's fusion writes it; returns the

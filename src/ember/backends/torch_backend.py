@@ -194,6 +194,8 @@ class TorchBackend:
         self.implementation = "transformers"
         # ember's own encoder uses SDPA; transformers models say what they got when loaded.
         self.attention = "sdpa"
+        self._hidden: Forward | None = None
+        """The encoder's unpooled last hidden state (embedding models but SPLADE)."""
         forward: Forward | None = None
         # ember's encoder has no masked-LM head: SPLADE goes through transformers.
         if native and not spec.splade:
@@ -225,6 +227,8 @@ class TorchBackend:
             max_batch_tokens=32768 if cuda else 1024,
             max_batch_rows=256 if cuda else 32,
             oom=DeviceOutOfMemory if cuda else None,
+            # On CUDA every shape would be one more eager plan to warm: served on CPU only.
+            token_outputs=self._hidden is not None and not cuda,
         )
         self.load_seconds = time.perf_counter() - started
 
@@ -244,6 +248,7 @@ class TorchBackend:
         self._encoder = encoder
         method = self.spec.pooling
         if self.spec.task is Task.EMBED:
+            self._hidden = encoder.forward
 
             def embed(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
                 return pool(encoder.forward(ids, mask, types), mask, method)
@@ -287,11 +292,21 @@ class TorchBackend:
         method = spec.pooling
         embed, splade = spec.task is Task.EMBED, spec.splade
 
-        def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        def run_model(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> Any:
             kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
             if takes_type_ids:
                 kwargs["token_type_ids"] = types
-            out = model(**kwargs)
+            return model(**kwargs)
+
+        def hidden(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+            state: torch.Tensor = run_model(ids, mask, types).last_hidden_state
+            return state
+
+        if embed and not splade:
+            self._hidden = hidden
+
+        def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+            out = run_model(ids, mask, types)
             if splade:
                 return splade_pool(out.logits, mask, method)
             if embed:
@@ -304,6 +319,14 @@ class TorchBackend:
     def run(self, batch: Batch) -> FloatArray:
         if self._runner is not None:
             return self._runner.run(batch)
+        return self._eager(self._forward, batch)
+
+    def run_tokens(self, batch: Batch) -> FloatArray:
+        if self._hidden is None:
+            raise RuntimeError("this model has no per-token outputs")
+        return self._eager(self._hidden, batch)
+
+    def _eager(self, forward: Forward, batch: Batch) -> FloatArray:
         torch = self._torch
         with torch.inference_mode():
             ids = torch.from_numpy(batch.input_ids)
@@ -311,7 +334,7 @@ class TorchBackend:
             types = torch.from_numpy(batch.token_type_ids)
             if self.device != "cpu":
                 ids, mask, types = (t.to(self.device) for t in (ids, mask, types))
-            result = self._forward(ids, mask, types)
+            result = forward(ids, mask, types)
             array: FloatArray = result.float().cpu().numpy().astype(np.float32, copy=False)
             return array
 

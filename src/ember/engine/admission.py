@@ -13,7 +13,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ember import metrics
-from ember.errors import Overloaded
+from ember.errors import Overloaded, TooLarge
+
+VALUES_PER_WORK = 16
+"""A token whose vector is in the answer (TEI's `/embed_all`) answers `hidden` float32 values,
+about 12 bytes each as JSON: it counts as hidden/16 tokens of work, so that the queue bound
+(--max-queued-tokens, 2^20) holds at most 2^24 such values (64 MB as float32, ~200 MB of JSON)."""
+
+
+def vector_weight(hidden: int) -> int:
+    """Work per token of an answer that holds each token's vector of `hidden` values."""
+    return -(-hidden // VALUES_PER_WORK)
 
 
 @dataclass(slots=True)
@@ -52,6 +62,18 @@ class Admission:
         self.work += work
         self._gauge.set(self.inputs)
         return Reservation(inputs=inputs, work=work)
+
+    def vector_work(self, tokens: int, *, hidden: int, model: str) -> int:
+        """Work of an answer holding `tokens` vectors of `hidden` values (TEI's `/embed_all`);
+        TooLarge (413) when it alone is over the bound: waiting would not make it smaller."""
+        weight = vector_weight(hidden)
+        if tokens * weight > self.max_work:
+            raise TooLarge(
+                f"/embed_all would answer {tokens} token vectors; model {model!r} answers at most "
+                f"{self.max_work // weight} per request (--max-queued-tokens {self.max_work} / "
+                f"{weight}, for vectors of {hidden} values): send fewer or shorter inputs"
+            )
+        return tokens * weight
 
     def settle(self, reservation: Reservation, work: int) -> None:
         """The request's real work, once known (tokens after tokenising)."""

@@ -31,9 +31,12 @@ log = logging.getLogger("ember.engine")
 @dataclass(eq=False)
 class _Request:
     encoded: list[Encoded]
-    future: asyncio.Future[FloatArray]
+    future: asyncio.Future[FloatArray | list[FloatArray]]
+    tokens: bool = False
+    """Per-token vectors wanted (`run_tokens`): the result is one (length, hidden) per input."""
     enqueued: float = field(default_factory=time.perf_counter)
     result: FloatArray | None = None
+    parts: list[FloatArray] = field(default_factory=list)
     remaining: int = 0
     started: float | None = None
     inference: float = 0.0
@@ -58,9 +61,11 @@ class Batcher:
         run: Callable[[Batch], FloatArray],
         pad_id: int,
         model_name: str,
+        run_tokens: Callable[[Batch], FloatArray] | None = None,
     ) -> None:
         self.buckets = buckets
         self._run = run
+        self._run_tokens = run_tokens
         self._pad_id = pad_id
         self._name = model_name
         self._queue: deque[tuple[_Request, int]] = deque()
@@ -86,10 +91,24 @@ class Batcher:
 
     async def submit(self, encoded: list[Encoded]) -> tuple[FloatArray, Timing]:
         """Queue admitted inputs; resolves with one row per input, in order."""
+        result, timing = await self._submit(encoded, tokens=False)
+        assert not isinstance(result, list)
+        return result, timing
+
+    async def submit_tokens(self, encoded: list[Encoded]) -> tuple[list[FloatArray], Timing]:
+        """Queue admitted inputs for their per-token vectors (the backend's `run_tokens`);
+        resolves with one (length, hidden) array per input, padding removed, in order."""
+        result, timing = await self._submit(encoded, tokens=True)
+        assert isinstance(result, list)
+        return result, timing
+
+    async def _submit(
+        self, encoded: list[Encoded], *, tokens: bool
+    ) -> tuple[FloatArray | list[FloatArray], Timing]:
         if self._task is None:
             self.start()
         loop = asyncio.get_running_loop()
-        request = _Request(encoded=encoded, future=loop.create_future())
+        request = _Request(encoded=encoded, future=loop.create_future(), tokens=tokens)
         for index in range(len(encoded)):
             self._queue.append((request, index))
         self._wakeup.set()
@@ -103,13 +122,14 @@ class Batcher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                items = [item for item in self._take_all() if not item[0].future.done()]
-                lengths = [req.encoded[i].length for req, i in items]
-                for indices in plan_batches(lengths, self.buckets):
-                    group = [items[i] for i in indices if not items[i][0].future.done()]
-                    if not group:
-                        continue
-                    await self._run_batch(loop, group)
+                taken = [item for item in self._take_all() if not item[0].future.done()]
+                for items in _by_output(taken):
+                    lengths = [req.encoded[i].length for req, i in items]
+                    for indices in plan_batches(lengths, self.buckets):
+                        group = [items[i] for i in indices if not items[i][0].future.done()]
+                        if not group:
+                            continue
+                        await self._run_batch(loop, group)
 
     def _take_all(self) -> list[tuple[_Request, int]]:
         items = list(self._queue)
@@ -139,10 +159,16 @@ class Batcher:
         for req, _ in group:
             if req.started is None:
                 req.started = now
+        tokens = group[0][0].tokens
         try:
             batch = self.pad(group)
-            out = await loop.run_in_executor(self._executor, self._run, batch)
-            if out.ndim != 2 or out.shape[0] != batch.shape[0]:
+            run = self._run_tokens if tokens else self._run
+            if run is None:
+                raise BackendFailure("this backend does not produce per-token vectors")
+            out = await loop.run_in_executor(self._executor, run, batch)
+            # (rows, width), or (rows, seq, hidden) for per-token vectors
+            lead = batch.shape if tokens else batch.shape[:1]
+            if out.ndim != len(lead) + 1 or out.shape[: len(lead)] != lead:
                 raise BackendFailure(
                     f"the backend returned shape {out.shape} for a batch of {batch.shape}"
                 )
@@ -165,9 +191,32 @@ class Batcher:
         for r, (req, index) in enumerate(group):
             if req.future.done():
                 continue
+            if req.tokens:
+                self._deliver_tokens(req, index, out[r])
+                continue
             if req.result is None:
                 req.result = np.empty((len(req.encoded), out.shape[1]), dtype=np.float32)
             req.result[index] = out[r]
             req.remaining -= 1
             if req.remaining == 0:
                 req.future.set_result(req.result)
+
+    @staticmethod
+    def _deliver_tokens(req: _Request, index: int, hidden: FloatArray) -> None:
+        """One input's (seq, hidden) rows without its padding; resolves the request when all
+        of its inputs have theirs."""
+        if not req.parts:
+            req.parts = [np.empty((0, 0), dtype=np.float32)] * len(req.encoded)
+        req.parts[index] = hidden[: req.encoded[index].length]
+        req.remaining -= 1
+        if req.remaining == 0:
+            req.future.set_result(req.parts)
+
+
+def _by_output(items: list[tuple[_Request, int]]) -> list[list[tuple[_Request, int]]]:
+    """The round's inputs split by what they want, pooled rows first: a batch runs one kind."""
+    if not any(req.tokens for req, _ in items):
+        return [items]
+    pooled = [item for item in items if not item[0].tokens]
+    per_token = [item for item in items if item[0].tokens]
+    return [pooled, per_token] if pooled else [per_token]

@@ -71,6 +71,7 @@ def load_model(
         run=backend.run,
         pad_id=tokenizer.pad_id,
         model_name=spec.name,
+        run_tokens=backend.run_tokens if backend.capabilities.token_outputs else None,
     )
     admission = Admission(
         max_inputs=settings.max_concurrent_requests,

@@ -11,11 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 from tokenizers import Encoding
 
 from ember import metrics
 from ember.backends.base import Backend, FloatArray
 from ember.engine import postprocess
+from ember.engine.admission import vector_weight
 from ember.engine.batcher import Batcher
 from ember.engine.buckets import Buckets
 from ember.engine.heap import release_free_heap
@@ -57,6 +59,8 @@ class Result:
     rows: FloatArray
     tokens: int
     timings: dict[str, float]
+    per_token: list[FloatArray] | None = None
+    """`/embed_all`: per input, its tokens' vectors (tokens × hidden); `rows` is then empty."""
 
 
 class ModelEngine:
@@ -137,19 +141,47 @@ class ModelEngine:
         loaded = self.loaded
         plan = choose_plan(self.settings.warmup_plan, loaded.backend.capabilities)
         self.warmup_report = await warm_up(
-            loaded=loaded, plan=plan, rounds=self.settings.warmup_rounds, run=self._run_admitted
+            loaded=loaded,
+            plan=plan,
+            rounds=self.settings.warmup_rounds,
+            run=self._run_admitted,
+            run_tokens=self._run_admitted_tokens if self.per_token else None,
         )
         return self.warmup_report
 
     async def _run_admitted(self, encoded: list[Encoded]) -> FloatArray:
         return (await self.run_encoded(encoded)).rows
 
-    async def run_encoded(self, encoded: list[Encoded]) -> Result:
+    async def _run_admitted_tokens(self, encoded: list[Encoded]) -> list[FloatArray]:
+        return (await self.run_encoded(encoded, per_token=True)).per_token or []
+
+    async def run_encoded(self, encoded: list[Encoded], *, per_token: bool = False) -> Result:
         """Already-encoded inputs (warm-up's, clients' token ids): admitted by their tokens,
         batched and run; the backend's raw rows (no post-processing), in order."""
-        work = sum(e.length for e in encoded)
+        work = self._work(encoded, per_token=per_token)
         with self.loaded.admission.held(inputs=len(encoded), work=work):
-            return await self._run(encoded)
+            return await self._run(encoded, per_token=per_token)
+
+    @property
+    def per_token(self) -> bool:
+        """Whether `/embed_all` is served: an embedding model (not SPLADE, as TEI) whose
+        backend returns per-token vectors."""
+        caps = self.backend.capabilities if self.backend else None
+        return (
+            self.task is Task.EMBED and not self.spec.splade and bool(caps and caps.token_outputs)
+        )
+
+    def _token_weight(self, per_token: bool) -> int:
+        """Work per token: 1, or what a token's vector in the answer weighs."""
+        return vector_weight(self.spec.hidden_size or self.width) if per_token else 1
+
+    def _work(self, encoded: list[Encoded], *, per_token: bool) -> int:
+        """Admission work of tokenised inputs (413 for too many per-token vectors)."""
+        tokens = sum(e.length for e in encoded)
+        if not per_token:
+            return tokens
+        admission, hidden = self.loaded.admission, self.spec.hidden_size or self.width
+        return admission.vector_work(tokens, hidden=hidden, model=self.spec.name)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -170,35 +202,43 @@ class ModelEngine:
             return call()
         return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, call)
 
-    async def _infer(self, items: list[Item], *, truncate: bool, direction: Direction) -> Result:
+    async def _infer(
+        self, items: list[Item], *, truncate: bool, direction: Direction, per_token: bool = False
+    ) -> Result:
         """Admit by work, tokenise, batch, run."""
         loaded = self.loaded
         size = _chars(items)
         # Before tokenising, an input's work is its characters plus its special tokens.
-        estimate = size + len(items) * loaded.shortest
+        estimate = (size + len(items) * loaded.shortest) * self._token_weight(per_token)
         with loaded.admission.held(inputs=len(items), work=estimate) as held:
             t0 = time.perf_counter()
             encoded = await self._off_loop(
                 size,
                 lambda: loaded.tokenizer.encode(items, truncate=truncate, direction=direction),
             )
-            loaded.admission.settle(held, sum(e.length for e in encoded))
+            loaded.admission.settle(held, self._work(encoded, per_token=per_token))
             try:
-                return await self._run(encoded, tokenize_seconds=time.perf_counter() - t0)
+                seconds = time.perf_counter() - t0
+                return await self._run(encoded, tokenize_seconds=seconds, per_token=per_token)
             finally:
                 self._chars_since_trim += size
                 if loaded.admission.inputs == held.inputs:  # the last request held: idle next
                     self._trim_if_due()
 
     async def _infer_ids(
-        self, rows: list[list[int]], *, truncate: bool, direction: Direction
+        self,
+        rows: list[list[int]],
+        *,
+        truncate: bool,
+        direction: Direction,
+        per_token: bool = False,
     ) -> Result:
         """Token-id inputs: checked against the vocabulary, admitted by their length and run
         as given (never decoded and re-encoded), truncated like text."""
         loaded = self.loaded
         check_ids(rows, vocab=vocab_size(loaded.tokenizer))
         encoded = encode_ids(loaded.tokenizer, rows, truncate=truncate, direction=direction)
-        return await self.run_encoded(encoded)
+        return await self.run_encoded(encoded, per_token=per_token)
 
     def _trim_if_due(self) -> None:
         """Trim the heap on a tokenizer thread once large requests have come and gone."""
@@ -220,10 +260,17 @@ class ModelEngine:
                 lambda: loaded.tokenizer.tokenize(items, add_special_tokens=add_special_tokens),
             )
 
-    async def _run(self, encoded: list[Encoded], *, tokenize_seconds: float = 0.0) -> Result:
+    async def _run(
+        self, encoded: list[Encoded], *, tokenize_seconds: float = 0.0, per_token: bool = False
+    ) -> Result:
         """Run admitted, tokenised inputs through the batcher and the backend."""
         t1 = time.perf_counter()
-        rows, timing = await self.loaded.batcher.submit(encoded)
+        batcher, parts = self.loaded.batcher, None
+        if per_token:
+            parts, timing = await batcher.submit_tokens(encoded)
+            rows = np.empty((len(encoded), 0), dtype=np.float32)
+        else:
+            rows, timing = await batcher.submit(encoded)
         total = tokenize_seconds + time.perf_counter() - t1
         timings = {
             "tokenize": tokenize_seconds,
@@ -234,7 +281,8 @@ class ModelEngine:
         for phase, seconds in timings.items():
             metrics.REQUEST_LATENCY.labels(model=self.spec.name, phase=phase).observe(seconds)
         metrics.INPUTS.labels(model=self.spec.name, task=self.task.value).inc(len(encoded))
-        return Result(rows=rows, tokens=sum(e.length for e in encoded), timings=timings)
+        tokens = sum(e.length for e in encoded)
+        return Result(rows=rows, tokens=tokens, timings=timings, per_token=parts)
 
     @property
     def width(self) -> int:
@@ -281,6 +329,39 @@ class ModelEngine:
         result = await self._infer_ids(rows, truncate=self._truncate(truncate), direction=direction)
         out = postprocess.embeddings(result.rows, dimensions=dimensions, normalize=normalize)
         return Result(rows=out, tokens=result.tokens, timings=result.timings)
+
+    async def embed_all(
+        self,
+        texts: list[str],
+        id_rows: list[list[int]],
+        *,
+        truncate: bool | None = None,
+        direction: Direction = "right",
+        prompt_name: str | None = None,
+    ) -> Result:
+        """TEI's `/embed_all` for `texts`, or else token-id rows: per input, the last hidden
+        state of each of its tokens (special and prompt tokens included, padding removed), raw:
+        not pooled, normalised or projected by Dense modules (`Result.per_token`)."""
+        self.require(Task.EMBED)
+        if self.spec.splade:  # TEI's rule and message
+            raise WrongTask("`embed_all` is not available for SPLADE models: use /embed_sparse")
+        if not self.per_token:
+            raise WrongTask(
+                f"model {self.spec.name!r} is served by a backend that does not return per-token "
+                "vectors (the server log says why); /embed serves its pooled vectors"
+            )
+        truncating = self._truncate(truncate)
+        if id_rows:
+            if prompt_name is not None:
+                raise InvalidInput("`prompt_name` applies to text; token ids are used as given")
+            return await self._infer_ids(
+                id_rows, truncate=truncating, direction=direction, per_token=True
+            )
+        name = prompt_name or self.spec.default_prompt_name
+        items: list[Item] = list(
+            postprocess.with_prompt(texts, prompts=self.spec.prompts, name=name)
+        )
+        return await self._infer(items, truncate=truncating, direction=direction, per_token=True)
 
     async def rerank(
         self,

@@ -27,6 +27,8 @@ SEED = "the quick brown fox jumps over the lazy dog"
 Plan = Literal["full", "cover"]
 RunInputs = Callable[[list[Encoded]], Awaitable[FloatArray]]
 """Admits, batches and runs encoded inputs the way a request does; one row per input."""
+RunTokens = Callable[[list[Encoded]], Awaitable[list[FloatArray]]]
+"""The same for per-token vectors (`/embed_all`): one (length, hidden) array per input."""
 
 
 @dataclass(kw_only=True)
@@ -47,6 +49,8 @@ class WarmupReport:
     shape_set: int = 0
     """How many shapes the batcher can emit in all."""
     shapes: list[ShapeRun] = field(default_factory=list)
+    token_shapes: list[ShapeRun] = field(default_factory=list)
+    """Per-token outputs (`/embed_all`), a covering subset: the same forward, another output."""
     total_seconds: float = 0.0
     http_seconds: float = 0.0
     """Time of the requests sent through the HTTP app itself (routing, validation, JSON)."""
@@ -56,10 +60,11 @@ class WarmupReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["shape_count"] = len(self.shapes)
-        out["shapes"] = [
-            {"rows": s.rows, "seq": s.seq, "seconds": [round(x, 5) for x in s.seconds]}
-            for s in self.shapes
-        ]
+        for key, runs in (("shapes", self.shapes), ("token_shapes", self.token_shapes)):
+            out[key] = [
+                {"rows": s.rows, "seq": s.seq, "seconds": [round(x, 5) for x in s.seconds]}
+                for s in runs
+            ]
         out["total_seconds"] = round(self.total_seconds, 4)
         out["http_seconds"] = round(self.http_seconds, 4)
         return out
@@ -95,15 +100,21 @@ def warm_input(tokenizer: TextTokenizer, task: Task, seq: int) -> Encoded:
     return tokenizer.of_length(seq, pair=pair, seed=SEED)
 
 
-async def warm_up(*, loaded: LoadedModel, plan: Plan, rounds: int, run: RunInputs) -> WarmupReport:
-    """Warm every planned shape. On the backend's out-of-memory error, halve the batch token
-    budget and warm again, so that an out-of-memory surfaces here, before ready, never on a
-    live request; the buckets then keep the budget that fit."""
+async def warm_up(
+    *, loaded: LoadedModel, plan: Plan, rounds: int, run: RunInputs, run_tokens: RunTokens | None
+) -> WarmupReport:
+    """Warm every planned shape, and per-token outputs with `run_tokens`. On the backend's
+    out-of-memory error, halve the batch token budget and warm again, so that an out-of-memory
+    surfaces here, before ready, never on a live request; the buckets then keep the budget
+    that fit."""
     oom = loaded.backend.capabilities.oom
     caught: tuple[type[DeviceOutOfMemory], ...] = (oom,) if oom is not None else ()
     while True:
         try:
-            return await _warm_up_once(loaded=loaded, plan=plan, rounds=rounds, run=run)
+            report = await _warm_up_once(loaded=loaded, plan=plan, rounds=rounds, run=run)
+            if run_tokens is not None:
+                await _warm_tokens(loaded=loaded, report=report, run_tokens=run_tokens)
+            return report
         except caught as exc:
             budget = loaded.buckets.max_tokens
             lower = max(budget // 2, loaded.buckets.max_length)
@@ -172,3 +183,21 @@ async def _warm_up_once(
         extra={"model": name, "warmup": report.to_dict()},
     )
     return report
+
+
+async def _warm_tokens(*, loaded: LoadedModel, report: WarmupReport, run_tokens: RunTokens) -> None:
+    """Run per-token outputs (`/embed_all`) at the covering shapes, after the pooled ones: the
+    encoder's shapes are warm by then, and this runs the other output set (ORT) and the
+    largest answer's allocation once, so that the first `/embed_all` is not cold."""
+    started = time.perf_counter()
+    for rows, seq in plan_shapes(loaded.buckets, "cover"):
+        t0 = time.perf_counter()
+        out = await run_tokens([warm_input(loaded.tokenizer, loaded.spec.task, seq)] * rows)
+        report.token_shapes.append(ShapeRun(rows=rows, seq=seq, seconds=[time.perf_counter() - t0]))
+        if len(out) != rows or any(
+            a.ndim != 2 or a.shape[0] != seq or not np.isfinite(a).all() for a in out
+        ):
+            raise BackendFailure(
+                f"warm-up of per-token outputs at {rows}x{seq} returned bad arrays"
+            )
+    report.total_seconds += time.perf_counter() - started

@@ -102,7 +102,9 @@ async def warm_http(app: ASGIApp, engines: Engines) -> float:
     planned shape, so small payloads suffice. Returns the seconds spent."""
     started = time.perf_counter()
     for model in engines.models:
-        calls = table.warm_calls(model.task, model.spec.name, sparse=model.spec.splade)
+        calls = table.warm_calls(
+            model.task, model.spec.name, sparse=model.spec.splade, per_token=model.per_token
+        )
         # Sent together: each still runs its route's parsing, validation and encoding, while the
         # batcher packs their inputs into a batch or two (one after the other, the ~12 calls
         # of an embedding model cost ~0.25 s of ready time on 2 CPU cores).

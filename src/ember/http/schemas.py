@@ -72,6 +72,21 @@ class EmbedRequest(_Request):
     _direction = field_validator("truncation_direction", mode="before")(_lower_direction)
 
 
+class EmbedAllRequest(_Request):
+    """TEI's `EmbedAllRequest`: no `normalize` or `dimensions` (the vectors are raw hidden
+    states); sent anyway, they are ignored like any unknown field, as TEI does."""
+
+    inputs: TextsOrIds = Field(description="A text, texts, token ids or lists of token ids")
+    truncate: bool | None = Field(
+        default=None, description="Truncate inputs over the max length (default: server's)"
+    )
+    truncation_direction: Literal["right", "left"] = "right"
+    prompt_name: str | None = Field(default=None, description="A prompt of the model's config")
+    model: str | None = Field(default=None, description="Served model name (several served)")
+
+    _direction = field_validator("truncation_direction", mode="before")(_lower_direction)
+
+
 class RerankRequest(_Request):
     query: str
     texts: Annotated[list[str], Field(min_length=1)]

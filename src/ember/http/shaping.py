@@ -114,6 +114,12 @@ def embeddings(rows: FloatArray) -> FloatArray:
     return np.ascontiguousarray(rows, dtype=np.float32)
 
 
+def token_vectors(per_input: Sequence[FloatArray]) -> list[FloatArray]:
+    """TEI's `/embed_all` answer: per input, its (tokens, hidden) array, which orjson writes as
+    a list of float lists without a Python float per value (ragged: one length per input)."""
+    return [embeddings(vectors) for vectors in per_input]
+
+
 def sparse(rows: FloatArray) -> list[list[s.SparseValue]]:
     """TEI's `/embed_sparse` answer: per row, its non-zero entries by ascending index."""
     out: list[list[s.SparseValue]] = []

@@ -77,7 +77,13 @@ SIMILARITY = Route(
     inference=True,
     warm=({"inputs": {"source_sentence": WARM_SHORT, "sentences": _PAIR}},),
 )
-EMBED_ALL = Route(path="/embed_all", family="tei", task=Task.EMBED, inference=True)
+EMBED_ALL = Route(
+    path="/embed_all",
+    family="tei",
+    task=Task.EMBED,
+    inference=True,
+    warm=({"inputs": WARM_SHORT}, {"inputs": _PAIR}),
+)
 EMBED_SPARSE = Route(
     path="/embed_sparse",
     family="tei",
@@ -173,11 +179,15 @@ def openai_shaped(path: str) -> bool:
     return _FAMILY.get(path) == "openai" or path.startswith("/v1/")
 
 
-def warm_calls(task: Task, model: str, *, sparse: bool = False) -> list[tuple[str, dict[str, Any]]]:
+def warm_calls(
+    task: Task, model: str, *, sparse: bool = False, per_token: bool = True
+) -> list[tuple[str, dict[str, Any]]]:
     """(path, body) for every warm-up request of a model serving `task`; a SPLADE (`sparse`)
-    model warms `/embed_sparse` only (its normalising embed routes answer 424, as TEI's)."""
+    model warms `/embed_sparse` only (its normalising embed routes answer 424, as TEI's), and
+    `/embed_all` is warmed only where the backend gives `per_token` vectors (else a 424)."""
     if sparse:
         routes = [EMBED_SPARSE]
     else:
-        routes = [r for r in ROUTES if r.task is task and r is not EMBED_SPARSE]
+        skip = {EMBED_SPARSE.path} | (set() if per_token else {EMBED_ALL.path})
+        routes = [r for r in ROUTES if r.task is task and r.path not in skip]
     return [(r.path, {**body, "model": model}) for r in routes for body in r.warm]

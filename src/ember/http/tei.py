@@ -315,11 +315,20 @@ _ROUTE_OF = {
 
 
 @on(router, table.EMBED_ALL, response_model=list[list[list[float]]])
-async def embed_all(req: s.EmbedRequest, engines: EnginesDep) -> Response:
-    """Per-token vectors: answered 424 until a backend returns hidden states per token."""
-    raise _no_outputs(
-        engines.select(Task.EMBED, req.model), wanted="/embed_all (per-token vectors)"
+async def embed_all(req: s.EmbedAllRequest, engines: EnginesDep, settings: SettingsDep) -> Response:
+    """Per input, the raw last hidden state of each of its tokens (special tokens included, no
+    padding, not normalised): TEI's `/embed_all`."""
+    model = engines.select(Task.EMBED, req.model)
+    texts, id_rows = shaping.split_inputs(req.inputs, limit=settings.max_client_batch_size)
+    result = await model.embed_all(
+        texts,
+        id_rows,
+        truncate=req.truncate,
+        direction=req.truncation_direction,
+        prompt_name=req.prompt_name,
     )
+    vectors = shaping.token_vectors(result.per_token or [])
+    return JSON(vectors, headers=_headers(result, texts))
 
 
 @on(router, table.EMBED_SPARSE, response_model=list[list[s.SparseValue]])

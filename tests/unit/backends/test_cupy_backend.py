@@ -316,3 +316,35 @@ def test_prepare_compiles_the_kernels_into_the_cache(tmp_path: Path) -> None:
     assert found.returncode == 0, found.stderr
     cached = list((tmp_path / "cuda-kernels").iterdir())
     assert found.stdout.strip() == str(tmp_path / "cuda-kernels") and cached
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
+def test_per_token_outputs_match_transformers(tiny_dir: Path, family: str) -> None:
+    """/embed_all on the fast path: each real token's fp16 last hidden state (read from the
+    workspace after the shape's graph) against transformers' fp32 one, cos ≥ 0.999."""
+    import torch
+    from transformers import AutoModel
+
+    path = families.build(tiny_dir / "bert-shaped", family, Task.EMBED)
+    spec = inspect_model(str(path))
+    backend = cupy_backend.CupyBackend(spec=spec)
+    assert backend.capabilities.token_outputs
+    items: list[Item] = [*PARITY_TEXTS[:6], "a longer text " * 20]
+    batch = batch_of(spec, items, rows=len(items) + 2, seq=64)
+    backend.run(batch)  # eager, then captured: run_tokens replays the graph
+    hidden = backend.run_tokens(batch)
+    assert hidden.shape == (*batch.shape, spec.hidden_size)
+    model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+    inputs = {
+        "input_ids": torch.from_numpy(batch.input_ids),
+        "attention_mask": torch.from_numpy(batch.attention_mask),
+    }
+    if family == "bert":
+        inputs["token_type_ids"] = torch.from_numpy(batch.token_type_ids)
+    with torch.inference_mode():
+        expected = model(**inputs).last_hidden_state.numpy()
+    real = batch.attention_mask[: len(items)].astype(bool)
+    assert cosines(hidden[: len(items)][real], expected[: len(items)][real]).min() >= 0.999
+    backend.close()

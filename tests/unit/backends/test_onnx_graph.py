@@ -154,8 +154,8 @@ def test_fused_ops_as_the_torch_export(
     (tmp_path / "torch").mkdir()
     exported = tmp_path / "torch" / "model.onnx"
     feeds = export._sample_feeds(spec, names)
-    output = export._output_name(spec)
-    export._export(module, feeds=feeds, names=names, output=output, path=exported, opset=OPSET)
+    outputs = export._output_names(spec)
+    export._export(module, feeds=feeds, names=names, outputs=outputs, path=exported, opset=OPSET)
     (tmp_path / "torch-fused").mkdir()
     assert fuse(spec, exported, tmp_path / "torch-fused" / "model.onnx").fused
     theirs = op_counts(tmp_path / "torch-fused" / "model.onnx")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ember.engine.admission import Admission
-from ember.errors import Overloaded
+from ember.engine.admission import Admission, vector_weight
+from ember.errors import Overloaded, TooLarge
 
 
 def test_inputs_are_bounded_and_released() -> None:
@@ -47,3 +47,14 @@ def test_settling_replaces_the_estimate_with_the_real_work() -> None:
         assert admission.work == 128
         admission.release(admission.reserve(inputs=1, work=200))
     assert (admission.inputs, admission.work) == (0, 0)
+
+
+def test_per_token_answers_weigh_their_values_and_a_too_large_one_is_a_413() -> None:
+    """An /embed_all token answers `hidden` floats: hidden/16 tokens of work; over the bound on
+    its own, waiting would not help, so it is refused with the most tokens it may have."""
+    assert (vector_weight(384), vector_weight(1024), vector_weight(10)) == (24, 64, 1)
+    admission = Admission(max_inputs=512, max_work=1 << 20, model_name="t")
+    assert admission.vector_work(1000, hidden=384, model="m") == 24_000
+    assert admission.vector_work(43_690, hidden=384, model="m") <= 1 << 20
+    with pytest.raises(TooLarge, match="at most 43690 per request"):
+        admission.vector_work(43_691, hidden=384, model="m")

@@ -93,3 +93,44 @@ async def test_a_cancelled_request_is_skipped() -> None:
     assert rows[0, 0] == 2.0
     assert calls == [1]
     await batcher.stop()
+
+
+def hidden_of_ids(batch: Batch) -> FloatArray:
+    """Per-token outputs: each token's vector is (id, position), padding included."""
+    rows, seq = batch.shape
+    positions = np.broadcast_to(np.arange(seq, dtype=np.float32), (rows, seq))
+    return np.stack([batch.input_ids.astype(np.float32), positions], axis=-1)
+
+
+async def test_per_token_requests_get_their_tokens_without_padding_beside_pooled_ones() -> None:
+    buckets = Buckets.build(
+        max_length=64, seq_buckets=[8, 16, 32], row_buckets=[], max_tokens=64, max_rows=4
+    )
+    batcher = Batcher(
+        buckets=buckets, run=first_token, pad_id=0, model_name="t", run_tokens=hidden_of_ids
+    )
+    batcher.start()
+    try:
+        lengths = [3, 60, 10, 5, 33, 2]
+        tokens = batcher.submit_tokens([enc(i + 1, n) for i, n in enumerate(lengths)])
+        pooled = batcher.submit([enc(9, 4), enc(8, 20)])
+        (parts, _), (rows, _) = await asyncio.gather(tokens, pooled)
+        assert rows[:, 0].tolist() == [9.0, 8.0]  # the pooled request is not disturbed
+        assert [p.shape for p in parts] == [(n, 2) for n in lengths]
+        for i, part in enumerate(parts):
+            assert (part[:, 0] == i + 1).all()  # its own tokens, in order, padding cut
+            assert part[:, 1].tolist() == list(range(lengths[i]))
+    finally:
+        await batcher.stop()
+
+
+async def test_per_token_requests_fail_cleanly_without_a_per_token_run() -> None:
+    batcher = make_batcher()
+    batcher.start()
+    try:
+        with pytest.raises(BackendFailure, match="per-token"):
+            await batcher.submit_tokens([enc(3, 4)])
+        rows, _ = await batcher.submit([enc(5, 4)])  # the batcher still serves
+        assert rows[0, 0] == 5.0
+    finally:
+        await batcher.stop()

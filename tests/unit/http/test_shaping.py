@@ -140,3 +140,12 @@ def test_model_list() -> None:
 def test_sparse_answers_non_zero_entries_in_tei_shape() -> None:
     rows = np.array([[0.0, 1.5, 0.0, 0.25], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
     assert shaping.sparse(rows) == [[{"index": 1, "value": 1.5}, {"index": 3, "value": 0.25}], []]
+
+
+def test_token_vectors_are_ragged_float_lists() -> None:
+    """/embed_all: per input, one list per token (each input its own length), from arrays that
+    may be views into a padded batch."""
+    batch = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
+    body = orjson.loads(shaping.JSON(shaping.token_vectors([batch[0, :4], batch[1, :2]])).body)
+    assert [len(tokens) for tokens in body] == [4, 2]
+    assert body[1] == batch[1, :2].tolist()

@@ -36,6 +36,10 @@ def test_every_task_route_has_a_warm_up_body_naming_the_model() -> None:
         "/embed_sparse",
     ]
     assert "/embed_sparse" not in {path for path, _ in table.warm_calls(Task.EMBED, "m")}
+    # /embed_all is warmed where the backend gives per-token vectors (else it answers 424).
+    assert "/embed_all" in {path for path, _ in table.warm_calls(Task.EMBED, "m")}
+    without = table.warm_calls(Task.EMBED, "m", per_token=False)
+    assert "/embed_all" not in {path for path, _ in without} and "/embed" in dict(without)
     tasks = table.route_tasks()
     assert tasks["/rerank"] == "rerank" and tasks["/"] == "embed"
     assert "/health" not in tasks
