@@ -199,6 +199,8 @@ async def test_tokenize_and_info_and_models() -> None:
         assert info["models"][0]["buckets"]["seq"] == [16, 64, 128]
         assert info["warmup"]["covered"] is True
         assert info["threads"] >= 1
+        # One process (CPU default): the worker section names no GPU narrowing.
+        assert info["workers"] == {"workers": 1, "worker": 0, "devices": [None]}
         models = (await client.get("/v1/models")).json()
         assert models["data"][0]["id"] == "sentence-transformers/all-MiniLM-L6-v2"
 
