@@ -78,6 +78,8 @@ async def test_embed_all_answers_a_vector_per_token_and_424_where_it_cannot(
         r = await client.post("/embed_sparse", json={"inputs": "x"})
         assert r.status_code == 424
         assert "/embed" in r.json()["error"] and "mean pooling" in r.json()["error"]
+        # Warmed before ready: the per-token output at the shortest shape on CPU.
+        assert len((await client.get("/info")).json()["warmup"]["token_shapes"]) == 1
     without = dataclasses.replace(CPU_EXACT, token_outputs=False)
     async with running_app(FakeFactory(capabilities=without)) as (app, client):
         assert app_state(app).engines.stage.value == "ready"  # /embed_all not warmed, no 424
@@ -206,3 +208,14 @@ async def test_token_ids_are_embedded_as_given_and_checked(tiny_classifier: Path
         assert {p["label"] for p in one} == {"negative", "neutral", "positive"}
         many = (await client.post("/predict", json={"inputs": [ids, ids]})).json()
         assert len(many) == 2 and many[0] == one
+
+
+async def test_embed_all_answers_are_bounded_by_the_queue_work() -> None:
+    """A token of /embed_all answers 384 floats here: 24 tokens of work. Past the queue bound
+    on its own, the request is a 413 saying how many tokens fit (waiting would not help)."""
+    async with running_app(FakeFactory(), max_queued_tokens=2400) as (_app, client):
+        fits = await client.post("/embed_all", json={"inputs": [[101] + [2000] * 98]})
+        assert fits.status_code == 200, fits.text
+        r = await client.post("/embed_all", json={"inputs": [[101] + [2000] * 100]})
+        assert r.status_code == 413 and "at most 100 per request" in r.json()["error"]
+        assert (await client.post("/embed", json={"inputs": [[101] + [2000] * 100]})).is_success

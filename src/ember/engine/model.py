@@ -153,7 +153,9 @@ class ModelEngine:
         return (await self.run_encoded(encoded)).rows
 
     async def _run_admitted_tokens(self, encoded: list[Encoded]) -> list[FloatArray]:
-        return (await self.run_encoded(encoded, per_token=True)).per_token or []
+        # Warm-up's largest shape may be over what one request may ask (413): no bound here.
+        with self.loaded.admission.held(inputs=len(encoded), work=len(encoded)):
+            return (await self._run(encoded, per_token=True)).per_token or []
 
     async def run_encoded(self, encoded: list[Encoded], *, per_token: bool = False) -> Result:
         """Already-encoded inputs (warm-up's, clients' token ids): admitted by their tokens,

@@ -186,11 +186,14 @@ async def _warm_up_once(
 
 
 async def _warm_tokens(*, loaded: LoadedModel, report: WarmupReport, run_tokens: RunTokens) -> None:
-    """Run per-token outputs (`/embed_all`) at the covering shapes, after the pooled ones: the
-    encoder's shapes are warm by then, and this runs the other output set (ORT) and the
-    largest answer's allocation once, so that the first `/embed_all` is not cold."""
+    """Run per-token outputs (`/embed_all`) once the pooled shapes are warm. The encoder's
+    shapes are warm by then and fetching the other output is not a cold run (ORT, torch on CPU:
+    the first /embed_all of each size costs what later ones do, RESULTS.md session 18), so the
+    shortest shape runs the path on CPU; on CUDA the largest runs too (ms there), so that its
+    host buffer is allocated before ready. Running the largest on CPU added ~0.5 s to ready."""
     started = time.perf_counter()
-    for rows, seq in plan_shapes(loaded.buckets, "cover"):
+    shapes = plan_shapes(loaded.buckets, "cover")
+    for rows, seq in shapes if loaded.backend.capabilities.device == "cuda" else shapes[-1:]:
         t0 = time.perf_counter()
         out = await run_tokens([warm_input(loaded.tokenizer, loaded.spec.task, seq)] * rows)
         report.token_shapes.append(ShapeRun(rows=rows, seq=seq, seconds=[time.perf_counter() - t0]))
