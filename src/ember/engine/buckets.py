@@ -9,6 +9,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ember.backends.base import Capabilities
 from ember.settings import Settings
@@ -127,6 +128,18 @@ class Buckets:
             if r * seq <= self.max_tokens:
                 best = r
         return best
+
+    def describe(self) -> dict[str, Any]:
+        """The `/info` summary: lengths, rows, the token budget and how many shapes."""
+        return {
+            "seq": list(self.seq),
+            "small_batch_seq": list(self.small_batch_seq),
+            "fine_rows": self.fine_rows,
+            "rows": list(self.rows),
+            "max_batch_tokens": self.max_tokens,
+            "max_batch_requests": self.rows[-1],
+            "shapes": len(self.shapes()),
+        }
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every (rows, seq) shape a batch can have, largest first."""

@@ -440,15 +440,6 @@ class ModelEngine:
         if self.lifecycle.error:
             out["error"] = self.lifecycle.error
         if self._loaded is not None:
-            buckets = self._loaded.buckets
-            out["buckets"] = {
-                "seq": list(buckets.seq),
-                "small_batch_seq": list(buckets.small_batch_seq),
-                "fine_rows": buckets.fine_rows,
-                "rows": list(buckets.rows),
-                "max_batch_tokens": buckets.max_tokens,
-                "max_batch_requests": buckets.rows[-1],
-                "shapes": len(buckets.shapes()),
-            }
+            out["buckets"] = self._loaded.buckets.describe()
             out.update(self._loaded.backend.describe())
         return out
