@@ -218,8 +218,10 @@ if os.environ.get("SWITCH_INTERVAL"): sys.setswitchinterval(float(os.environ["SW
       ;;
     gputests)
       GPU_TESTS=(tests/unit/backends/test_torch_backend.py tests/unit/backends/test_cupy_backend.py
-                 tests/unit/backends/test_bert.py tests/unit/backends/test_cuda_kernels.py
-                 tests/unit/engine/test_warmup_oom.py)
+                 tests/unit/backends/test_cupy_attention.py tests/unit/backends/test_cupy_weights.py
+                 tests/unit/backends/test_gpu_shapes.py tests/unit/backends/test_bert.py
+                 tests/unit/backends/test_cuda_kernels.py tests/unit/engine/test_warmup_oom.py
+                 tests/unit/test_gpus.py)
       PYTHONPATH=$EMBER_PATH:/tmp/shim timeout 300 "$PY" -m pytest -p no:cacheprovider -q -rs \
         "${GPU_TESTS[@]}" 2>&1 | tail -60 | tee "$R/gputests.txt"
       echo "tests marked gpu: $(PYTHONPATH=$EMBER_PATH:/tmp/shim "$PY" -m pytest -p no:cacheprovider \
