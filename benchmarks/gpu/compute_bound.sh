@@ -101,14 +101,16 @@ for step in $STEPS; do
         | grep -v Warning
       save ;;
     http)
-      served ember-bert "$ROOT/src" "$BERT" "" "32:200:8,16 32:150:8"
+      # One process, two, and the default (`--workers auto`: up to 4 a GPU on a 16-core host).
+      served ember-bert "$ROOT/src" "$BERT" "--workers 1" "32:200:8,16 32:150:8"
       served ember-bert-w2 "$ROOT/src" "$BERT" "--workers 2" "32:200:8,16"
+      served ember-bert-default "$ROOT/src" "$BERT" "" "32:200:8,16"
       [ -n "$BASE" ] && served base-bert "$BASE/src" "$BERT" "" "32:200:8,16 32:150:8"
       ;;
     minilm)
       for i in 1 2; do
-        [ -n "$BASE" ] && served "base-minilm-$i" "$BASE/src" "$MINILM" "" "1:40:32"
-        served "ember-minilm-$i" "$ROOT/src" "$MINILM" "" "1:40:32"
+        [ -n "$BASE" ] && served "base-minilm-$i" "$BASE/src" "$MINILM" "--workers 1" "1:40:32"
+        served "ember-minilm-$i" "$ROOT/src" "$MINILM" "--workers 1" "1:40:32"
       done ;;
     *) log "unknown step $step" ;;
   esac
