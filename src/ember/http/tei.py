@@ -299,9 +299,9 @@ async def similarity_scores(
     return JSON(shaping.similarities(result.rows), headers=_headers(result, texts))
 
 
-def _no_outputs(model: ModelEngine, *, wanted: str) -> WrongTask:
+def _not_splade(model: ModelEngine) -> WrongTask:
     return WrongTask(
-        f"{wanted} needs outputs this server's backends do not produce yet; model "
+        f"/embed_sparse needs a SPLADE model (a masked-LM head with SpladePooling); model "
         f"{model.spec.name!r} ({model.task.value}, {model.spec.pooling} pooling) serves "
         f"{_ROUTE_OF[model.task]}"
     )
@@ -336,5 +336,5 @@ async def embed_sparse(req: s.EmbedRequest, engines: EnginesDep, settings: Setti
     """SPLADE vectors, non-zero entries only; 424 for a model without SPLADE pooling (TEI)."""
     model = engines.select(Task.EMBED, req.model)
     if not model.spec.splade:
-        raise _no_outputs(model, wanted="/embed_sparse (SPLADE sparse vectors)")
+        raise _not_splade(model)
     return await sparse_rows(model, req, limit=settings.max_client_batch_size)
